@@ -1,0 +1,73 @@
+"""medflow's one settings object (pydantic-settings, env prefix ``MEDFLOW_``, nested with ``__``).
+
+Built once by the CLI and passed down; nothing reads the environment at import time.
+Example: ``MEDFLOW_HTTP__PORT=8080``, ``MEDFLOW_BLOBS__BACKEND=s3``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS (e.g. an OHIF viewer's); ``["*"]`` allows any."""
+
+
+class DimseSettings(BaseModel):
+    port: int = 11112
+    """0 disables the DIMSE listener."""
+    ae_title: str = "MEDFLOW"
+
+
+class BlobSettings(BaseModel):
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    path: Path | None = None
+    """Filesystem root; default ``<data_dir>/blobs``."""
+    s3_bucket: str = "medflow"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+
+class StoreSettings(BaseModel):
+    overwrite: bool = False
+    """Replace an instance stored again with different content (else it is rejected, 0x0111)."""
+    bulkdata_threshold: int = 1024
+    """Binary values larger than this (bytes) are returned as BulkDataURI in metadata."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MEDFLOW_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./medflow-data")
+    database_url: str | None = None
+    """SQLAlchemy URL of the index; default SQLite at ``<data_dir>/index.sqlite3``."""
+    public_url: str | None = None
+    """Absolute base URL (``https://pacs.example.org``) used in Location headers and BulkDataURIs."""
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    dimse: DimseSettings = Field(default_factory=DimseSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    def resolved_blob_path(self) -> Path:
+        return (self.blobs.path or self.data_dir / "blobs").resolve()
+
+    def spool_dir(self) -> Path:
+        """Where incoming objects are written before they are stored (same filesystem as blobs)."""
+        return (self.data_dir / "tmp").resolve()

@@ -1,0 +1,21 @@
+"""Alembic environment: the engine is passed in by ``medflow.db.engine.upgrade``."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Engine
+
+import medflow.store.models  # noqa: F401  (registers every context's tables)
+from medflow.db.base import Base
+
+engine: Engine = context.config.attributes["engine"]
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,137 @@
+"""Index tables of the archive: study / series / instance, person-name tokens, change feed.
+
+Attribute columns hold the DICOM values as strings in their DICOM form (DA ``YYYYMMDD``, TM
+``HHMMSS.FFFFFF``), so that range matching (PS3.4 C.2.2.2.5) is a lexical comparison on an index.
+``*_search`` columns hold the upper-cased, accent-stripped form used for case-insensitive matching.
+Patient and study attributes live on the study row and follow the latest stored instance.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from medflow.db.base import Base, BigPK
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(400))
+    patient_name_search: Mapped[str | None] = mapped_column(String(400), index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    referring_physician_name: Mapped[str | None] = mapped_column(String(400))
+    referring_physician_name_search: Mapped[str | None] = mapped_column(String(400))
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(400))
+    specific_character_set: Mapped[str | None] = mapped_column(String(128))
+    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Series(Base):
+    __tablename__ = "series"
+    __table_args__ = (Index("ix_series_modality_study", "modality", "study_pk"),)
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("study.pk", ondelete="CASCADE"), index=True
+    )
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(400))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
+    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
+    scheduled_procedure_step_id: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
+    specific_character_set: Mapped[str | None] = mapped_column(String(128))
+    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("study.pk", ondelete="CASCADE"), index=True
+    )
+    series_pk: Mapped[int] = mapped_column(
+        ForeignKey("series.pk", ondelete="CASCADE"), index=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    specific_character_set: Mapped[str | None] = mapped_column(String(128))
+    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    pixel_data_offset: Mapped[int | None] = mapped_column(BigInteger)
+    """File offset of the Pixel Data value (after its header); None if there is none."""
+    pixel_data_length: Mapped[int | None] = mapped_column(BigInteger)
+    """Value length of Pixel Data; None for undefined length (encapsulated)."""
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(300))
+    metadata_json: Mapped[str] = mapped_column(Text)
+    """DICOM JSON (PS3.18 F.2) of the data set, BulkDataURIs relative to the DICOMweb root."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PersonNameToken(Base):
+    """One word of a person name (upper-cased, accents stripped) for ``fuzzymatching=true``."""
+
+    __tablename__ = "person_name_token"
+    __table_args__ = (Index("ix_person_name_token_attr_token", "attr", "token"),)
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("study.pk", ondelete="CASCADE"), index=True
+    )
+    attr: Mapped[str] = mapped_column(String(8))
+    """Tag of the attribute as 8 hex digits, e.g. ``00100010`` for PatientName."""
+    token: Mapped[str] = mapped_column(String(128))
+
+
+class ChangeFeedEntry(Base):
+    """One create/update/delete of an instance; ``seq`` is the monotonic Sequence."""
+
+    __tablename__ = "change_feed"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012  (never reuse a Sequence)
+
+    seq: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    action: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(8))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+
+
+__all__ = ["ChangeFeedEntry", "Instance", "PersonNameToken", "Series", "Study", "Text"]

@@ -1,0 +1,92 @@
+"""Plain records the store service returns (no ORM objects leave the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from medflow.store.models import Instance
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+    blob_key: str
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    bits_allocated: int | None
+    number_of_frames: int | None
+    pixel_data_offset: int | None
+    pixel_data_length: int | None
+
+    @classmethod
+    def of(cls, row: Instance, study_uid: str, series_uid: str) -> InstanceRecord:
+        return cls(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=row.sop_instance_uid,
+            sop_class_uid=row.sop_class_uid,
+            transfer_syntax_uid=row.transfer_syntax_uid,
+            size=row.size,
+            sha256=row.sha256,
+            blob_key=row.blob_key,
+            instance_number=row.instance_number,
+            rows=row.rows,
+            columns=row.columns,
+            bits_allocated=row.bits_allocated,
+            number_of_frames=row.number_of_frames,
+            pixel_data_offset=row.pixel_data_offset,
+            pixel_data_length=row.pixel_data_length,
+        )
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """Result for one object offered to the store (PS3.18 10.5.3 / PS3.4 B.2.3)."""
+
+    ok: bool
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    failure_reason: int | None = None
+    """FailureReason (0008,1197) when not ok."""
+    message: str | None = None
+    action: str | None = None
+    """"create", "update", or "none" (identical instance stored again)."""
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change feed entry (PS3.18-style; field names as in the DICOMweb change feed)."""
+
+    sequence: int
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    action: str
+    state: str
+    timestamp: datetime
+    metadata_json: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    """SOP Instance UIDs whose blob is gone."""
+    corrupted: list[str] = field(default_factory=list)
+    """SOP Instance UIDs whose blob's SHA-256 or size differs from the index."""
+    orphaned: list[str] = field(default_factory=list)
+    """Blob keys that no index row refers to."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupted or self.orphaned)

@@ -1,0 +1,409 @@
+"""The archive's service: store, read, delete, change feed, verify (what other code may call).
+
+Edges (DICOMweb, DIMSE, CLI) call only this module. Errors are ``medflow.core.errors`` types;
+nothing here knows HTTP or DIMSE. Write path (DESIGN.md, Storage): parse the spooled object,
+make its blob durable under a content-derived key, then commit the index row; a crash between
+the two leaves an orphan blob (reported by ``verify``), never a row without its blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from medflow.core.errors import AlreadyExists, InvalidInput, MedflowError, NotFound, StorageFailure
+from medflow.core.events import EventBus, InstancesChanged
+from medflow.core.settings import StoreSettings
+from medflow.dicom.attributes import ParsedInstance, is_valid_uid, read_part10
+from medflow.store.blobs import BlobStore
+from medflow.store.indexer import BatchIndexer, Pending, lock_change_feed, prune_empty
+from medflow.store.models import ChangeFeedEntry, Instance, Series, Study
+from medflow.store.query import Query, QueryResult, execute_query
+from medflow.store.records import ChangeEvent, InstanceRecord, StoreOutcome, VerifyReport
+from medflow.store.spool import SpooledObject
+
+log = logging.getLogger(__name__)
+
+
+def blob_key_for(parsed: ParsedInstance, sha256: str) -> str:
+    """Content-derived key: a replaced instance never overwrites the blob its old row names."""
+    return f"{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_instance_uid}.{sha256[:16]}.dcm"
+
+
+def _check_uids(*uids: str | None) -> None:
+    for uid in uids:
+        if uid is not None and not is_valid_uid(uid):
+            raise InvalidInput("invalid UID in request")
+
+
+class StoreService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        blobs: BlobStore,
+        spool_dir: Path,
+        settings: StoreSettings | None = None,
+        events: EventBus | None = None,
+    ) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self.spool_dir = spool_dir
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings or StoreSettings()
+        self.events = events
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+
+    # -- sessions ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "sqlite":
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        try:
+            with Session(bind=conn, expire_on_commit=False) as session:
+                yield session
+        finally:
+            conn.close()
+
+    def read_session(self) -> Session:
+        """A session for read-only queries (used by the query module)."""
+        return self._sessions()
+
+    # -- store ------------------------------------------------------------------------------
+    def store(
+        self, *, objects: Sequence[SpooledObject], expected_study_uid: str | None = None
+    ) -> list[StoreOutcome]:
+        """Store spooled Part 10 objects; one outcome per object, in order. Never raises for a
+        bad object: its outcome carries the FailureReason. Spool files are consumed."""
+        outcomes: list[StoreOutcome | None] = [None] * len(objects)
+        pending: list[tuple[int, Pending]] = []
+        try:
+            for i, obj in enumerate(objects):
+                try:
+                    parsed = read_part10(obj.path, size=obj.size)
+                    if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
+                        raise InvalidInput(
+                            "StudyInstanceUID does not match the study in the request URL",
+                            dicom_reason=0xA900,
+                        )
+                except MedflowError as exc:
+                    outcomes[i] = StoreOutcome(
+                        ok=False, failure_reason=exc.dicom_reason, message=exc.message
+                    )
+                    continue
+                pending.append((i, Pending(parsed, obj, blob_key_for(parsed, obj.sha256))))
+            for i, outcome in self._index(pending):
+                outcomes[i] = outcome
+        finally:
+            for obj in objects:
+                obj.discard()
+        return [o for o in outcomes if o is not None]
+
+    def _existing(self, uids: list[str]) -> dict[str, tuple[str, str]]:
+        with self.read_session() as s:
+            rows = s.execute(
+                select(Instance.sop_instance_uid, Instance.sha256, Instance.blob_key).where(
+                    Instance.sop_instance_uid.in_(uids)
+                )
+            ).all()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def _index(self, pending: list[tuple[int, Pending]]) -> list[tuple[int, StoreOutcome]]:
+        if not pending:
+            return []
+        existing = self._existing([p.parsed.sop_instance_uid for _, p in pending])
+        written: list[str] = []
+        for _, item in pending:
+            known = existing.get(item.parsed.sop_instance_uid)
+            if known is None or known[0] != item.spooled.sha256:
+                self.blobs.put_file(item.blob_key, item.spooled.path)
+                written.append(item.blob_key)
+        for attempt in range(3):
+            try:
+                return self._commit(pending, written)
+            except (IntegrityError, OperationalError) as exc:
+                log.warning("index transaction failed (attempt %d): %s", attempt + 1, type(exc))
+                if attempt == 2:
+                    self._forget_blobs(written)
+                    raise StorageFailure("index transaction failed") from exc
+        raise AssertionError("unreachable")
+
+    def _commit(
+        self, pending: list[tuple[int, Pending]], written: list[str]
+    ) -> list[tuple[int, StoreOutcome]]:
+        results: list[tuple[int, StoreOutcome]] = []
+        replaced: list[str] = []
+        with self._write_session() as session:
+            lock_change_feed(session)
+            indexer = BatchIndexer(session)
+            for i, item in pending:
+                p = item.parsed
+                row = session.scalar(
+                    select(Instance).where(Instance.sop_instance_uid == p.sop_instance_uid)
+                )
+                base = {
+                    "sop_class_uid": p.sop_class_uid,
+                    "sop_instance_uid": p.sop_instance_uid,
+                    "study_uid": p.study_uid,
+                    "series_uid": p.series_uid,
+                }
+                if row is not None and row.sha256 == item.spooled.sha256:
+                    results.append((i, StoreOutcome(ok=True, action="none", **base)))
+                    continue
+                if row is not None and not self.settings.overwrite:
+                    exc = AlreadyExists(
+                        "an instance with this SOP Instance UID and different content exists"
+                    )
+                    results.append(
+                        (i, StoreOutcome(ok=False, failure_reason=exc.dicom_reason,
+                                         message=exc.message, **base))
+                    )
+                    continue
+                old_key = row.blob_key if row is not None else None
+                action = indexer.put(item, row)
+                if old_key and old_key != item.blob_key:
+                    replaced.append(old_key)
+                results.append((i, StoreOutcome(ok=True, action=action, **base)))
+            session.commit()
+        ok = {i for i, outcome in results if outcome.ok}
+        stored_keys = {item.blob_key for i, item in pending if i in ok}
+        self._forget_blobs([k for k in written if k not in stored_keys])
+        for key in replaced:
+            self._delete_blob(key)
+        self._publish({p.parsed.study_uid for _, p in pending})
+        return results
+
+    def _forget_blobs(self, keys: list[str]) -> None:
+        """Remove blobs written for a batch but not committed, unless a row refers to them."""
+        if not keys:
+            return
+        with self.read_session() as s:
+            referenced = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+        for key in keys:
+            if key not in referenced:
+                self._delete_blob(key)
+
+    def _delete_blob(self, key: str) -> None:
+        try:
+            self.blobs.delete(key)
+        except Exception:  # a leftover blob is an orphan for `verify`, never a lost instance
+            log.warning("could not delete blob %s", key)
+
+    def _publish(self, study_uids: set[str]) -> None:
+        if self.events is None:
+            return
+        latest = self.latest_change()
+        self.events.publish(
+            InstancesChanged(last_sequence=latest.sequence if latest else 0,
+                             study_uids=frozenset(study_uids))
+        )
+
+    # -- query (QIDO-RS, C-FIND) ----------------------------------------------------------------
+    def search(self, query: Query) -> QueryResult:
+        """Run a study/series/instance query (PS3.18 10.6, PS3.4 C.2.2 matching)."""
+        with self.read_session() as session:
+            return execute_query(session, query)
+
+    # -- read -------------------------------------------------------------------------------
+    def _instance_query(
+        self, study_uid: str, series_uid: str | None, sop_uid: str | None
+    ) -> Select[tuple[Instance, str, str]]:
+        _check_uids(study_uid, series_uid, sop_uid)
+        q = (
+            select(Instance, Study.study_uid, Series.series_uid)
+            .join(Series, Instance.series_pk == Series.pk)
+            .join(Study, Instance.study_pk == Study.pk)
+            .where(Study.study_uid == study_uid)
+        )
+        if series_uid is not None:
+            q = q.where(Series.series_uid == series_uid)
+        if sop_uid is not None:
+            q = q.where(Instance.sop_instance_uid == sop_uid)
+        return q.order_by(
+            Series.series_number, Series.pk, Instance.instance_number, Instance.pk
+        )
+
+    def find_instances(
+        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """Instances of a study/series/instance in series and instance number order.
+
+        Raises ``NotFound`` when nothing matches."""
+        with self.read_session() as s:
+            rows = s.execute(self._instance_query(study_uid, series_uid, sop_uid)).all()
+        if not rows:
+            raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+        return [InstanceRecord.of(r[0], r[1], r[2]) for r in rows]
+
+    def metadata(
+        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> tuple[list[str], str]:
+        """DICOM JSON texts (relative BulkDataURIs) and an ETag over what they describe."""
+        _check_uids(study_uid, series_uid, sop_uid)
+        q = self._instance_query(study_uid, series_uid, sop_uid).with_only_columns(
+            Instance.metadata_json, Instance.sha256
+        )
+        with self.read_session() as s:
+            rows = s.execute(q).all()
+        if not rows:
+            raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+        etag = hashlib.sha256("".join(r[1] for r in rows).encode()).hexdigest()[:32]
+        return [r[0] for r in rows], etag
+
+    def local_path(self, record: InstanceRecord) -> Path | None:
+        return self.blobs.local_path(record.blob_key)
+
+    @contextlib.contextmanager
+    def open_instance(self, record: InstanceRecord) -> Iterator[BinaryIO]:
+        """A seekable binary stream of the stored file (downloaded to the spool for S3)."""
+        path = self.blobs.local_path(record.blob_key)
+        if path is not None:
+            try:
+                fp = path.open("rb")
+            except FileNotFoundError:
+                raise StorageFailure("blob is missing", retryable=False) from None
+            with fp:
+                yield fp
+            return
+        with tempfile.TemporaryFile(dir=self.spool_dir) as tmp:
+            with self.blobs.open(record.blob_key) as src:
+                shutil.copyfileobj(src, tmp, 1 << 20)
+            tmp.seek(0)
+            yield tmp  # type: ignore[misc]
+
+    def iter_bytes(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The stored file as chunks, without loading it whole."""
+        with self.blobs.open(record.blob_key) as fp:
+            while chunk := fp.read(chunk_size):
+                yield chunk
+
+    # -- delete -----------------------------------------------------------------------------
+    def delete(
+        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> int:
+        """Hard delete (index first, then blobs); each instance gets a "delete" feed entry."""
+        q = self._instance_query(study_uid, series_uid, sop_uid)
+        with self._write_session() as session:
+            lock_change_feed(session)
+            rows = session.execute(q).all()
+            if not rows:
+                raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+            indexer = BatchIndexer(session)
+            parents = {(r[0].series_pk, r[0].study_pk) for r in rows}
+            keys = [r[0].blob_key for r in rows]
+            for inst, st_uid, se_uid in rows:
+                session.delete(inst)
+                indexer.feed(st_uid, se_uid, inst.sop_instance_uid, "delete")
+            session.flush()
+            for series_pk, study_pk in parents:
+                prune_empty(session, series_pk=series_pk, study_pk=study_pk)
+            session.commit()
+        for key in keys:
+            self._delete_blob(key)
+        self._publish({study_uid})
+        return len(rows)
+
+    # -- change feed ------------------------------------------------------------------------
+    def change_feed(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        include_metadata: bool = False,
+    ) -> list[ChangeEvent]:
+        """Entries after Sequence ``offset``; in the time-window form, ``offset`` entries of the
+        window are skipped instead."""
+        q = select(ChangeFeedEntry)
+        if start_time is not None or end_time is not None:
+            if start_time is not None:
+                q = q.where(ChangeFeedEntry.timestamp >= start_time)
+            if end_time is not None:
+                q = q.where(ChangeFeedEntry.timestamp < end_time)
+            q = q.order_by(ChangeFeedEntry.seq).offset(offset)
+        else:
+            q = q.where(ChangeFeedEntry.seq > offset).order_by(ChangeFeedEntry.seq)
+        with self.read_session() as s:
+            entries = list(s.scalars(q.limit(limit)))
+            meta: dict[str, str] = {}
+            if include_metadata and entries:
+                uids = {e.sop_instance_uid for e in entries if e.state == "current"}
+                meta = dict(
+                    s.execute(
+                        select(Instance.sop_instance_uid, Instance.metadata_json).where(
+                            Instance.sop_instance_uid.in_(uids)
+                        )
+                    ).tuples()
+                )
+        return [self._event(e, meta.get(e.sop_instance_uid) if e.state == "current" else None)
+                for e in entries]
+
+    def latest_change(self) -> ChangeEvent | None:
+        with self.read_session() as s:
+            e = s.scalar(select(ChangeFeedEntry).order_by(ChangeFeedEntry.seq.desc()).limit(1))
+        return self._event(e, None) if e else None
+
+    @staticmethod
+    def _event(e: ChangeFeedEntry, metadata_json: str | None) -> ChangeEvent:
+        stamp = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
+        return ChangeEvent(
+            sequence=e.seq,
+            study_uid=e.study_uid,
+            series_uid=e.series_uid,
+            sop_instance_uid=e.sop_instance_uid,
+            action=e.action,
+            state=e.state,
+            timestamp=stamp,
+            metadata_json=metadata_json,
+        )
+
+    # -- verify -----------------------------------------------------------------------------
+    def verify(self, *, check_hashes: bool = True) -> VerifyReport:
+        """Blobs missing, corrupted (SHA-256 or size differs) or orphaned (no row)."""
+        report = VerifyReport()
+        known: set[str] = set()
+        with self.read_session() as s:
+            rows = s.execute(
+                select(Instance.sop_instance_uid, Instance.blob_key, Instance.sha256, Instance.size)
+            ).all()
+        for sop_uid, key, sha, size in rows:
+            report.checked += 1
+            known.add(key)
+            if not self.blobs.exists(key):
+                report.missing.append(sop_uid)
+                continue
+            if check_hashes:
+                digest, n = hashlib.sha256(), 0
+                with self.blobs.open(key) as fp:
+                    while chunk := fp.read(1 << 20):
+                        digest.update(chunk)
+                        n += len(chunk)
+                if digest.hexdigest() != sha or n != size:
+                    report.corrupted.append(sop_uid)
+        report.orphaned = sorted(k for k in self.blobs.keys() if k not in known)
+        return report
+
+    def counts(self) -> dict[str, int]:
+        with self.read_session() as s:
+            return {
+                "studies": s.scalar(select(func.count()).select_from(Study)) or 0,
+                "series": s.scalar(select(func.count()).select_from(Series)) or 0,
+                "instances": s.scalar(select(func.count()).select_from(Instance)) or 0,
+            }
+
+
+__all__ = ["StoreService"]

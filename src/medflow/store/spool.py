@@ -1,0 +1,66 @@
+"""Spool files: incoming objects are written to disk (hashed on the way) before they are stored.
+
+Nothing is held in memory: a 2 GB STOW-RS request or a large C-STORE is streamed here first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SpooledObject:
+    """A complete, fsync'd file waiting to be stored; ``sha256`` is of its bytes."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class SpoolWriter:
+    """Write one object to a spool file, hashing as it goes."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=spool_dir, prefix="in-", suffix=".part")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self, *, fsync: bool = True) -> SpooledObject:
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        return SpooledObject(self.path, self.size, self._hash.hexdigest())
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def spool_file(src: Path, spool_dir: Path) -> SpooledObject:
+    """Copy an existing file into the spool (used by ``medflow ingest``)."""
+    writer = SpoolWriter(spool_dir)
+    try:
+        with src.open("rb") as fp:
+            while chunk := fp.read(1 << 20):
+                writer.write(chunk)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise

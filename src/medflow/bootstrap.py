@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.engine import Engine
+
+from medflow import __version__
 
 from medflow.core.events import EventBus
 from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
+from medflow.dicomweb.router import build_router
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
 
@@ -40,3 +45,33 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         events=events,
     )
     return Container(settings=settings, engine=engine, blobs=blobs, events=events, store=store)
+
+
+def create_app(container: Container) -> FastAPI:
+    """The HTTP application: DICOMweb under ``/dicomweb`` and ``GET /healthz``."""
+    app = FastAPI(
+        title="medflow",
+        version=__version__,
+        description="Medical imaging archive (DICOMweb) joined with clinical records and AI.",
+    )
+    app.state.container = container
+    app.state.settings = container.settings
+    app.state.store = container.store
+    origins = container.settings.http.cors_origins
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Type", "Content-Location", "Location", "Warning", "ETag"],
+        )
+    app.include_router(build_router())
+
+    @app.get("/healthz", tags=["Operations"])
+    def healthz() -> dict[str, str]:
+        with container.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return {"status": "ok"}
+
+    return app

@@ -342,13 +342,12 @@ class StoreService:
             meta: dict[str, str] = {}
             if include_metadata and entries:
                 uids = {e.sop_instance_uid for e in entries if e.state == "current"}
-                meta = dict(
-                    s.execute(
-                        select(Instance.sop_instance_uid, Instance.metadata_json).where(
-                            Instance.sop_instance_uid.in_(uids)
-                        )
-                    ).tuples()
-                )
+                rows = s.execute(
+                    select(Instance.sop_instance_uid, Instance.metadata_json).where(
+                        Instance.sop_instance_uid.in_(uids)
+                    )
+                ).tuples()
+                meta = {uid: text for uid, text in rows}
         return [self._event(e, meta.get(e.sop_instance_uid) if e.state == "current" else None)
                 for e in entries]
 

@@ -1,0 +1,143 @@
+"""``medflow ingest``: files, folders and zip archives into the archive.
+
+Locally (``--data-dir``) through ``StoreService.store``, remotely (``--url``) through STOW-RS:
+the same rules as every other way in. One bad file never aborts the run; failures are listed
+at the end with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+import pydicom
+from rich.progress import Progress
+
+from medflow.dicom.multipart import iter_multipart, new_boundary
+from medflow.store.records import StoreOutcome
+from medflow.store.service import StoreService
+from medflow.store.spool import SpooledObject, SpoolWriter
+
+BATCH = 50
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to ingest: a path, or a member of a zip archive."""
+
+    label: str
+    path: Path
+    member: str | None = None
+
+    def open(self) -> BinaryIO:
+        if self.member is None:
+            return self.path.open("rb")
+        archive = zipfile.ZipFile(self.path)
+        return archive.open(self.member)  # type: ignore[return-value]
+
+
+def discover(paths: list[Path]) -> Iterator[Source]:
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                yield from discover([child])
+        elif zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir():
+                        yield Source(f"{path}!{info.filename}", path, info.filename)
+        else:
+            yield Source(str(path), path)
+
+
+def spool(source: Source, spool_dir: Path) -> SpooledObject:
+    writer = SpoolWriter(spool_dir)
+    try:
+        with source.open() as fp:
+            while chunk := fp.read(1 << 20):
+                writer.write(chunk)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _batches(sources: list[Source]) -> Iterator[list[Source]]:
+    for i in range(0, len(sources), BATCH):
+        yield sources[i : i + BATCH]
+
+
+def ingest_local(
+    store: StoreService, sources: list[Source], progress: Progress
+) -> list[tuple[str, str]]:
+    failures: list[tuple[str, str]] = []
+    task = progress.add_task("storing", total=len(sources))
+    for batch in _batches(sources):
+        objects, labels = [], []
+        for source in batch:
+            try:
+                objects.append(spool(source, store.spool_dir))
+                labels.append(source.label)
+            except OSError as exc:
+                failures.append((source.label, f"cannot read: {exc.strerror or exc}"))
+        outcomes = store.store(objects=objects)
+        failures += [(label, _reason(o)) for label, o in zip(labels, outcomes, strict=True)
+                     if not o.ok]
+        progress.advance(task, len(batch))
+    return failures
+
+
+def _reason(outcome: StoreOutcome) -> str:
+    return f"0x{outcome.failure_reason or 0:04X} {outcome.message or ''}".strip()
+
+
+def _sop_uid(source: Source) -> str | None:
+    try:
+        with source.open() as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.SOPInstanceUID)
+    except Exception:  # unreadable locally: the server gives the reason
+        return None
+
+
+def ingest_remote(url: str, sources: list[Source], progress: Progress) -> list[tuple[str, str]]:
+    failures: list[tuple[str, str]] = []
+    task = progress.add_task("sending", total=len(sources))
+    endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/dicomweb") else "/dicomweb")
+    with httpx.Client(timeout=300) as client:
+        for batch in _batches(sources):
+            uids = {_sop_uid(s): s.label for s in batch}
+            boundary = new_boundary()
+            parts = [({"Content-Type": "application/dicom"}, [s.open().read()]) for s in batch]
+            response = client.post(
+                endpoint + "/studies",
+                content=b"".join(iter_multipart(parts, boundary)),
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={boundary}",
+                    "Accept": "application/dicom+json",
+                },
+            )
+            failures += _remote_failures(response, uids, batch)
+            progress.advance(task, len(batch))
+    return failures
+
+
+def _remote_failures(
+    response: httpx.Response, uids: dict[str | None, str], batch: list[Source]
+) -> list[tuple[str, str]]:
+    if response.status_code not in (200, 202, 409):
+        return [(s.label, f"HTTP {response.status_code}: {response.text[:200]}") for s in batch]
+    body = json.loads(response.text or "{}")
+    out = []
+    for item in body.get("00081198", {}).get("Value", []):
+        uid = (item.get("00081155", {}).get("Value") or [None])[0]
+        reason = (item.get("00081197", {}).get("Value") or [0])[0]
+        out.append((uids.get(uid, f"(an unreadable file of this batch: {uid or 'no UID'})"),
+                    f"0x{reason:04X}"))
+    return out

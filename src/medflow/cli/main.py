@@ -1,0 +1,119 @@
+"""The ``medflow`` command line (typer). Conventions: ``--data-dir`` where a command works on
+local data, ``--url`` where it talks to a running server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from medflow.cli.common import load_settings
+from medflow.cli.ingest import discover, ingest_local, ingest_remote
+from medflow.core.logging import configure
+
+app = typer.Typer(help="medflow: imaging archive, clinical records and AI on one platform.",
+                  no_args_is_help=True)
+console = Console()
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $MEDFLOW_DATA_DIR or ./medflow-data)"),
+]
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
+    dimse_port: Annotated[
+        int | None, typer.Option("--dimse-port", help="DIMSE port (default 11112; 0 disables)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level")] = "info",
+) -> None:
+    """Run medflow: DICOMweb at /dicomweb, health at /healthz."""
+    import uvicorn
+
+    from medflow.bootstrap import build, create_app
+
+    configure(log_level)
+    settings = load_settings(data_dir)
+    http = settings.http.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    dimse = settings.dimse.model_copy(
+        update={"port": dimse_port} if dimse_port is not None else {}
+    )
+    settings = settings.model_copy(update={"http": http, "dimse": dimse})
+    container = build(settings)
+    console.print(
+        f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
+    )
+    try:
+        uvicorn.run(create_app(container), host=http.host, port=http.port,
+                    log_level=log_level.lower(), access_log=False)
+    finally:
+        container.close()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or .zip archives")],
+    url: Annotated[
+        str | None, typer.Option(help="Send to a running server's STOW-RS instead")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Store DICOM files through the same service as STOW-RS; never stops at a bad file."""
+    configure("warning")
+    sources = list(discover(paths))
+    with Progress(console=console) as progress:
+        if url:
+            failures = ingest_remote(url, sources, progress)
+        else:
+            from medflow.bootstrap import build
+
+            container = build(load_settings(data_dir))
+            try:
+                failures = ingest_local(container.store, sources, progress)
+            finally:
+                container.close()
+    console.print(f"{len(sources) - len(failures)} stored, {len(failures)} failed")
+    if failures:
+        table = Table("file", "reason")
+        for label, reason in failures:
+            table.add_row(label, reason)
+        console.print(table)
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    data_dir: DataDir = None,
+    hashes: Annotated[bool, typer.Option(help="Re-hash every blob (SHA-256)")] = True,
+) -> None:
+    """Report blobs missing, corrupted (SHA-256 differs) or orphaned (no index row)."""
+    from medflow.bootstrap import build
+
+    configure("warning")
+    container = build(load_settings(data_dir))
+    try:
+        report = container.store.verify(check_hashes=hashes)
+    finally:
+        container.close()
+    console.print(f"checked {report.checked} instances")
+    for name in ("missing", "corrupted", "orphaned"):
+        items = getattr(report, name)
+        console.print(f"{name}: {len(items)}")
+        for item in items[:50]:
+            console.print(f"  {item}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

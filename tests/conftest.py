@@ -1,0 +1,143 @@
+"""Shared fixtures: a real index (SQLite file, and PostgreSQL when MEDFLOW_TEST_POSTGRES_URL is
+set), a real blob store (filesystem, and S3 through moto's server on loopback), the medflow app
+in process (TestClient) and as a real server on a free port (``live_server``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from medflow.bootstrap import Container, build, create_app
+from medflow.core.settings import BlobSettings, Settings
+
+PG_URL = os.environ.get("MEDFLOW_TEST_POSTGRES_URL")
+REQUIRE_PEERS = os.environ.get("MEDFLOW_REQUIRE_PEERS") == "1"
+
+
+def need_peer(available: bool, reason: str) -> None:
+    """Skip when a peer is absent, or fail when MEDFLOW_REQUIRE_PEERS=1 (as in CI)."""
+    if available:
+        return
+    if REQUIRE_PEERS:
+        pytest.fail(f"required peer missing: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        return
+    need_peer(bool(PG_URL), "MEDFLOW_TEST_POSTGRES_URL is not set")
+    assert PG_URL
+    name = f"medflow_test_{uuid.uuid4().hex[:12]}"
+    admin_url = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    base, _, _ = PG_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def blob_settings() -> BlobSettings:
+    """Filesystem blobs; tests that want S3 too override this with ``s3_blob_settings``."""
+    return BlobSettings()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # pragma: no cover - dev extra missing
+        need_peer(False, "moto[server] is not installed")
+        raise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_blob_settings(moto_endpoint: str) -> BlobSettings:
+    return BlobSettings(
+        backend="s3",
+        s3_bucket=f"medflow-{uuid.uuid4().hex[:8]}",
+        s3_endpoint_url=moto_endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, blob_settings: BlobSettings) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=db_url, blobs=blob_settings)
+
+
+@pytest.fixture
+def container(settings: Settings) -> Iterator[Container]:
+    c = build(settings)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def store(container: Container):  # type: ignore[no-untyped-def]
+    return container.store
+
+
+@pytest.fixture
+def client(container: Container) -> Iterator[TestClient]:
+    with TestClient(create_app(container)) as c:
+        yield c
+
+
+@pytest.fixture
+def live_server(container: Container) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(create_app(container), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

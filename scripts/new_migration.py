@@ -1,4 +1,4 @@
-"""Autogenerate an Alembic revision from the models: ``python scripts/new_migration.py "message"``."""
+"""Autogenerate an Alembic revision from the models: ``python scripts/new_migration.py MSG``."""
 
 from __future__ import annotations
 

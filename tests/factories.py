@@ -102,10 +102,13 @@ class Multipart:
     parts: list[bytes] = field(default_factory=list)
 
 
-def multipart(parts: list[bytes], *, part_type: str = "application/dicom",
-              boundary: str = "medflow-test-boundary") -> Multipart:
-    body = b"".join(iter_multipart(
-        [({"Content-Type": part_type}, [p]) for p in parts], boundary))
+def multipart(
+    parts: list[bytes],
+    *,
+    part_type: str = "application/dicom",
+    boundary: str = "medflow-test-boundary",
+) -> Multipart:
+    body = b"".join(iter_multipart([({"Content-Type": part_type}, [p]) for p in parts], boundary))
     ctype = f'multipart/related; type="{part_type}"; boundary={boundary}'
     return Multipart(body, ctype, boundary, parts)
 

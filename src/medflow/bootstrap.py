@@ -9,7 +9,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.engine import Engine
 
 from medflow import __version__
-
 from medflow.core.events import EventBus
 from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade

@@ -86,8 +86,9 @@ def ingest_local(
             except OSError as exc:
                 failures.append((source.label, f"cannot read: {exc.strerror or exc}"))
         outcomes = store.store(objects=objects)
-        failures += [(label, _reason(o)) for label, o in zip(labels, outcomes, strict=True)
-                     if not o.ok]
+        failures += [
+            (label, _reason(o)) for label, o in zip(labels, outcomes, strict=True) if not o.ok
+        ]
         progress.advance(task, len(batch))
     return failures
 
@@ -101,7 +102,7 @@ def _sop_uid(source: Source) -> str | None:
         with source.open() as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         return str(ds.SOPInstanceUID)
-    except Exception:  # unreadable locally: the server gives the reason
+    except Exception:  # noqa: BLE001 — unreadable locally: the server gives the reason
         return None
 
 
@@ -138,6 +139,10 @@ def _remote_failures(
     for item in body.get("00081198", {}).get("Value", []):
         uid = (item.get("00081155", {}).get("Value") or [None])[0]
         reason = (item.get("00081197", {}).get("Value") or [0])[0]
-        out.append((uids.get(uid, f"(an unreadable file of this batch: {uid or 'no UID'})"),
-                    f"0x{reason:04X}"))
+        out.append(
+            (
+                uids.get(uid, f"(an unreadable file of this batch: {uid or 'no UID'})"),
+                f"0x{reason:04X}",
+            )
+        )
     return out

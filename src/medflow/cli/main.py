@@ -15,13 +15,16 @@ from medflow.cli.common import load_settings
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.core.logging import configure
 
-app = typer.Typer(help="medflow: imaging archive, clinical records and AI on one platform.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="medflow: imaging archive, clinical records and AI on one platform.", no_args_is_help=True
+)
 console = Console()
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $MEDFLOW_DATA_DIR or ./medflow-data)"),
+    typer.Option(
+        "--data-dir", help="Data directory (default: $MEDFLOW_DATA_DIR or ./medflow-data)"
+    ),
 ]
 
 
@@ -45,17 +48,20 @@ def serve(
     http = settings.http.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
-    dimse = settings.dimse.model_copy(
-        update={"port": dimse_port} if dimse_port is not None else {}
-    )
+    dimse = settings.dimse.model_copy(update={"port": dimse_port} if dimse_port is not None else {})
     settings = settings.model_copy(update={"http": http, "dimse": dimse})
     container = build(settings)
     console.print(
         f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
     )
     try:
-        uvicorn.run(create_app(container), host=http.host, port=http.port,
-                    log_level=log_level.lower(), access_log=False)
+        uvicorn.run(
+            create_app(container),
+            host=http.host,
+            port=http.port,
+            log_level=log_level.lower(),
+            access_log=False,
+        )
     finally:
         container.close()
 

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL of the index; default SQLite at ``<data_dir>/index.sqlite3``."""
     public_url: str | None = None
-    """Absolute base URL (``https://pacs.example.org``) used in Location headers and BulkDataURIs."""
+    """Absolute base URL (``https://pacs.example.org``) for Location headers and BulkDataURIs."""
     http: HttpSettings = Field(default_factory=HttpSettings)
     dimse: DimseSettings = Field(default_factory=DimseSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)

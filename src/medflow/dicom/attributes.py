@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -109,7 +110,14 @@ STRING_KEYWORDS = (
     "SOPInstanceUID",
     "SOPClassUID",
 )
-INT_KEYWORDS = ("SeriesNumber", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames")
+INT_KEYWORDS = (
+    "SeriesNumber",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
+)
 
 
 def read_part10(source: str | Path | BinaryIO, *, size: int) -> ParsedInstance:
@@ -125,7 +133,7 @@ def read_part10(source: str | Path | BinaryIO, *, size: int) -> ParsedInstance:
         ds = pydicom.dcmread(source, defer_size=1024)
     except InvalidDicomError as exc:
         raise InvalidInput("not a DICOM Part 10 file (no DICM preamble or file meta)") from exc
-    except Exception as exc:  # pydicom raises many types on corrupt input
+    except Exception as exc:
         raise InvalidInput(f"cannot parse DICOM data set: {type(exc).__name__}") from exc
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts:
@@ -158,7 +166,7 @@ def parse_dataset(ds: FileDataset, *, size: int) -> ParsedInstance:
 def _text(ds: Dataset, keyword: str) -> str | None:
     try:
         value = ds.get(keyword)
-    except Exception:  # an unreadable value is indexed as absent, the object kept as sent
+    except Exception:  # noqa: BLE001 — an unreadable value is indexed as absent, the object kept as sent
         return None
     if value is None or value == "":
         return None
@@ -171,7 +179,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except Exception:  # malformed IS values are common in the wild
+    except Exception:  # noqa: BLE001 — malformed IS values are common in the wild
         return None
 
 
@@ -182,7 +190,7 @@ def _index_attributes(ds: Dataset) -> dict[str, Any]:
     try:
         seq = ds.get("RequestAttributesSequence")
         rq = seq[0] if seq else None
-    except Exception:  # a malformed sequence leaves these keys empty
+    except Exception:  # noqa: BLE001 — a malformed sequence leaves these keys empty
         rq = None
     attrs["ScheduledProcedureStepID"] = _text(rq, "ScheduledProcedureStepID") if rq else None
     attrs["RequestedProcedureID"] = _text(rq, "RequestedProcedureID") if rq else None
@@ -224,9 +232,16 @@ def _vr_of(ds: Dataset, tag: BaseTag, raw: Any) -> str:
         return "UN"
 
 
+def _constant(uri: str) -> Callable[[Any], str]:
+    def handler(_element: Any) -> str:
+        return uri
+
+    return handler
+
+
 def _to_json(ds: Dataset, prefix: str, threshold: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118  (iterating a Dataset would decode raw elements)
         tag = Tag(tag)
         if tag.group == 0x0002 or tag.element == 0x0000:
             continue  # file meta and group lengths are not part of the JSON model
@@ -249,17 +264,19 @@ def _to_json(ds: Dataset, prefix: str, threshold: int) -> dict[str, Any]:
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             else:
                 out[key] = elem.to_json_dict(
-                    bulk_data_element_handler=lambda _e, k=key: prefix + k,
+                    bulk_data_element_handler=_constant(prefix + key),
                     bulk_data_threshold=threshold,
                 )
-        except Exception:  # an unreadable value stays retrievable as bulk data
+        except Exception:  # noqa: BLE001 — an unreadable value stays retrievable as bulk data
             out[key] = {"vr": "UN" if " " in vr else vr, "BulkDataURI": prefix + key}
     return out
 
 
 def absolutize_bulkdata(json_text: str, base_url: str) -> str:
     """Turn the stored relative BulkDataURIs into absolute ones under ``base_url``."""
-    return json_text.replace(DICOM_JSON_BULK_PREFIX, DICOM_JSON_BULK_PREFIX + base_url.rstrip("/") + "/")
+    return json_text.replace(
+        DICOM_JSON_BULK_PREFIX, DICOM_JSON_BULK_PREFIX + base_url.rstrip("/") + "/"
+    )
 
 
 def find_element(ds: Dataset, path: str) -> Any:

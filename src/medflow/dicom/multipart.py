@@ -32,7 +32,9 @@ class MediaType:
 
 def _split_params(value: str) -> list[str]:
     """Split on ';' outside double quotes."""
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted
@@ -70,7 +72,9 @@ def parse_media_type(value: str) -> MediaType:
 
 def _split_accept(header: str) -> list[str]:
     """Split an Accept header on ',' outside double quotes."""
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in header:
         if ch == '"':
             quoted = not quoted

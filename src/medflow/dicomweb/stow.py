@@ -47,8 +47,9 @@ def _check_request(request: Request, study: str | None) -> str:
             f"multipart/related type {part_type} is not supported; only {DICOM} parts are"
         )
     accepted = parse_accept(request.headers.get("accept"))
-    if not any(m.type in (DICOM_JSON, "application/json", "*/*", "application/*")
-               for m in accepted):
+    if not any(
+        m.type in (DICOM_JSON, "application/json", "*/*", "application/*") for m in accepted
+    ):
         raise NotAcceptable(f"STOW-RS responses are available as {DICOM_JSON} only")
     boundary = ctype.param("boundary")
     if not boundary:
@@ -95,9 +96,7 @@ def _finish(
     return objects, foreign
 
 
-def _response_dataset(
-    outcomes: list[StoreOutcome], base: str, study: str | None
-) -> Dataset:
+def _response_dataset(outcomes: list[StoreOutcome], base: str, study: str | None) -> Dataset:
     ds = Dataset()
     stored = [o for o in outcomes if o.ok]
     studies = {o.study_uid for o in stored}
@@ -112,8 +111,7 @@ def _response_dataset(
             item.ReferencedSOPInstanceUID = o.sop_instance_uid
         if o.ok:
             item.RetrieveURL = (
-                f"{base}/studies/{o.study_uid}/series/{o.series_uid}"
-                f"/instances/{o.sop_instance_uid}"
+                f"{base}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_instance_uid}"
             )
         else:
             item.FailureReason = o.failure_reason or 0x0110
@@ -141,8 +139,12 @@ async def store_instances(
     objects, foreign = await run_in_threadpool(_finish, writers)
     outcomes = await run_in_threadpool(store.store, objects=objects, expected_study_uid=study)
     for i in foreign:  # keep the response in request order
-        outcomes.insert(i, StoreOutcome(ok=False, failure_reason=CANNOT_UNDERSTAND,
-                                        message="part is not application/dicom"))
+        outcomes.insert(
+            i,
+            StoreOutcome(
+                ok=False, failure_reason=CANNOT_UNDERSTAND, message="part is not application/dicom"
+            ),
+        )
     ds = _response_dataset(outcomes, base, study)
     n_ok = sum(o.ok for o in outcomes)
     status = 200 if n_ok == len(outcomes) else 202 if n_ok else 409

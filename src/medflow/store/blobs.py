@@ -36,7 +36,7 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def keys(self) -> Iterator[str]:
+    def iter_keys(self) -> Iterator[str]:
         """Every stored key (for ``medflow verify``)."""
 
 
@@ -71,7 +71,7 @@ class FileSystemBlobStore:
         try:
             created = not dest.parent.exists()
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
+            src.replace(dest)
             fsync_dir(dest.parent)
             if created:
                 fsync_dir(dest.parent.parent)
@@ -106,7 +106,7 @@ class FileSystemBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def keys(self) -> Iterator[str]:
+    def iter_keys(self) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 yield (Path(dirpath) / name).relative_to(self.root).as_posix()
@@ -178,7 +178,7 @@ class S3BlobStore:
             return False
         return True
 
-    def keys(self) -> Iterator[str]:
+    def iter_keys(self) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for obj in page.get("Contents", []):

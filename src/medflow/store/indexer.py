@@ -53,7 +53,9 @@ class BatchIndexer:
 
     def study(self, p: ParsedInstance) -> Study:
         uid = p.study_uid
-        row = self.studies.get(uid) or self.session.scalar(select(Study).where(Study.study_uid == uid))
+        row = self.studies.get(uid) or self.session.scalar(
+            select(Study).where(Study.study_uid == uid)
+        )
         is_new = row is None
         if row is None:
             row = Study(study_uid=uid, created_at=self.stamp)

@@ -53,9 +53,7 @@ class Series(Base):
     __table_args__ = (Index("ix_series_modality_study", "modality", "study_pk"),)
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
-    study_pk: Mapped[int] = mapped_column(
-        ForeignKey("study.pk", ondelete="CASCADE"), index=True
-    )
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
     modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
@@ -75,12 +73,8 @@ class Instance(Base):
     __tablename__ = "instance"
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
-    study_pk: Mapped[int] = mapped_column(
-        ForeignKey("study.pk", ondelete="CASCADE"), index=True
-    )
-    series_pk: Mapped[int] = mapped_column(
-        ForeignKey("series.pk", ondelete="CASCADE"), index=True
-    )
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.pk", ondelete="CASCADE"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
     instance_number: Mapped[int | None] = mapped_column(Integer)
@@ -111,9 +105,7 @@ class PersonNameToken(Base):
     __table_args__ = (Index("ix_person_name_token_attr_token", "attr", "token"),)
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
-    study_pk: Mapped[int] = mapped_column(
-        ForeignKey("study.pk", ondelete="CASCADE"), index=True
-    )
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
     attr: Mapped[str] = mapped_column(String(8))
     """Tag of the attribute as 8 hex digits, e.g. ``00100010`` for PatientName."""
     token: Mapped[str] = mapped_column(String(128))
@@ -123,7 +115,7 @@ class ChangeFeedEntry(Base):
     """One create/update/delete of an instance; ``seq`` is the monotonic Sequence."""
 
     __tablename__ = "change_feed"
-    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012  (never reuse a Sequence)
+    __table_args__ = {"sqlite_autoincrement": True}
 
     seq: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
     timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

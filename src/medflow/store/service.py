@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
@@ -154,7 +154,7 @@ class StoreService:
                 row = session.scalar(
                     select(Instance).where(Instance.sop_instance_uid == p.sop_instance_uid)
                 )
-                base = {
+                base: dict[str, Any] = {
                     "sop_class_uid": p.sop_class_uid,
                     "sop_instance_uid": p.sop_instance_uid,
                     "study_uid": p.study_uid,
@@ -168,8 +168,15 @@ class StoreService:
                         "an instance with this SOP Instance UID and different content exists"
                     )
                     results.append(
-                        (i, StoreOutcome(ok=False, failure_reason=exc.dicom_reason,
-                                         message=exc.message, **base))
+                        (
+                            i,
+                            StoreOutcome(
+                                ok=False,
+                                failure_reason=exc.dicom_reason,
+                                message=exc.message,
+                                **base,
+                            ),
+                        )
                     )
                     continue
                 old_key = row.blob_key if row is not None else None
@@ -191,7 +198,9 @@ class StoreService:
         if not keys:
             return
         with self.read_session() as s:
-            referenced = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+            referenced = set(
+                s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys)))
+            )
         for key in keys:
             if key not in referenced:
                 self._delete_blob(key)
@@ -199,7 +208,7 @@ class StoreService:
     def _delete_blob(self, key: str) -> None:
         try:
             self.blobs.delete(key)
-        except Exception:  # a leftover blob is an orphan for `verify`, never a lost instance
+        except Exception:  # noqa: BLE001 — a leftover blob is an orphan for `verify`, never a lost instance
             log.warning("could not delete blob %s", key)
 
     def _publish(self, study_uids: set[str]) -> None:
@@ -207,8 +216,9 @@ class StoreService:
             return
         latest = self.latest_change()
         self.events.publish(
-            InstancesChanged(last_sequence=latest.sequence if latest else 0,
-                             study_uids=frozenset(study_uids))
+            InstancesChanged(
+                last_sequence=latest.sequence if latest else 0, study_uids=frozenset(study_uids)
+            )
         )
 
     # -- query (QIDO-RS, C-FIND) ----------------------------------------------------------------
@@ -220,7 +230,7 @@ class StoreService:
     # -- read -------------------------------------------------------------------------------
     def _instance_query(
         self, study_uid: str, series_uid: str | None, sop_uid: str | None
-    ) -> Select[tuple[Instance, str, str]]:
+    ) -> Select[Instance, str, str]:
         _check_uids(study_uid, series_uid, sop_uid)
         q = (
             select(Instance, Study.study_uid, Series.series_uid)
@@ -232,9 +242,7 @@ class StoreService:
             q = q.where(Series.series_uid == series_uid)
         if sop_uid is not None:
             q = q.where(Instance.sop_instance_uid == sop_uid)
-        return q.order_by(
-            Series.series_number, Series.pk, Instance.instance_number, Instance.pk
-        )
+        return q.order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
 
     def find_instances(
         self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
@@ -245,7 +253,9 @@ class StoreService:
         with self.read_session() as s:
             rows = s.execute(self._instance_query(study_uid, series_uid, sop_uid)).all()
         if not rows:
-            raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+            raise NotFound(
+                "no such " + ("instance" if sop_uid else "series" if series_uid else "study")
+            )
         return [InstanceRecord.of(r[0], r[1], r[2]) for r in rows]
 
     def metadata(
@@ -259,7 +269,9 @@ class StoreService:
         with self.read_session() as s:
             rows = s.execute(q).all()
         if not rows:
-            raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+            raise NotFound(
+                "no such " + ("instance" if sop_uid else "series" if series_uid else "study")
+            )
         etag = hashlib.sha256("".join(r[1] for r in rows).encode()).hexdigest()[:32]
         return [r[0] for r in rows], etag
 
@@ -282,7 +294,7 @@ class StoreService:
             with self.blobs.open(record.blob_key) as src:
                 shutil.copyfileobj(src, tmp, 1 << 20)
             tmp.seek(0)
-            yield tmp  # type: ignore[misc]
+            yield tmp
 
     def iter_bytes(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The stored file as chunks, without loading it whole."""
@@ -300,7 +312,9 @@ class StoreService:
             lock_change_feed(session)
             rows = session.execute(q).all()
             if not rows:
-                raise NotFound("no such " + ("instance" if sop_uid else "series" if series_uid else "study"))
+                raise NotFound(
+                    "no such " + ("instance" if sop_uid else "series" if series_uid else "study")
+                )
             indexer = BatchIndexer(session)
             parents = {(r[0].series_pk, r[0].study_pk) for r in rows}
             keys = [r[0].blob_key for r in rows]
@@ -348,8 +362,10 @@ class StoreService:
                     )
                 ).tuples()
                 meta = {uid: text for uid, text in rows}
-        return [self._event(e, meta.get(e.sop_instance_uid) if e.state == "current" else None)
-                for e in entries]
+        return [
+            self._event(e, meta.get(e.sop_instance_uid) if e.state == "current" else None)
+            for e in entries
+        ]
 
     def latest_change(self) -> ChangeEvent | None:
         with self.read_session() as s:
@@ -393,7 +409,7 @@ class StoreService:
                         n += len(chunk)
                 if digest.hexdigest() != sha or n != size:
                     report.corrupted.append(sop_uid)
-        report.orphaned = sorted(k for k in self.blobs.keys() if k not in known)
+        report.orphaned = sorted(k for k in self.blobs.iter_keys() if k not in known)
         return report
 
     def counts(self) -> dict[str, int]:

@@ -1,0 +1,39 @@
+# medflow: the two commands are `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= ./medflow-data
+
+.PHONY: run test lint check system-deps-run system-deps-test clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "medflow needs Python >= 3.11")'
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || scripts/system-deps.sh venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps-run:
+	@scripts/system-deps.sh run
+
+system-deps-test:
+	@scripts/system-deps.sh test
+
+## Start medflow on the embedded default (SQLite + filesystem under $(DATA)).
+run: system-deps-run $(STAMP)
+	$(BIN)/medflow serve --data-dir $(DATA)
+
+## Static checks: ruff, mypy (strict), import-linter (layering of DESIGN.md).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## Everything CI runs: static checks, then the whole test suite (2 workers).
+test: system-deps-test $(STAMP) lint
+	$(BIN)/pytest -n 2 --dist loadfile -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 
 from medflow.core.errors import InvalidInput, Unsupported
-from medflow.dicom.structure import check_structure
+from medflow.dicom.structure import DEFLATED, check_structure
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 LENIENT_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -136,9 +136,26 @@ def read_part10(source: str | Path | BinaryIO, *, size: int) -> ParsedInstance:
     except Exception as exc:
         raise InvalidInput(f"cannot parse DICOM data set: {type(exc).__name__}") from exc
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts:
+    if ts and (str(ts) in DEFLATED or not _ends_exactly(ds, size)):
         check_structure(source, size=size, transfer_syntax_uid=str(ts))
     return parse_dataset(ds, size=size)
+
+
+def _ends_exactly(ds: Dataset, size: int) -> bool:
+    """True when pydicom's element positions prove the file complete: every top-level element
+    has a defined length and the last one ends exactly at the end of the file. Anything else
+    (undefined lengths, trailing bytes, a value cut short) gets the full structural walk."""
+    tags = list(ds.keys())
+    if not tags:
+        return False
+    last = ds.get_item(tags[-1], keep_deferred=True)
+    if not isinstance(last, RawDataElement) or last.length == UNDEFINED_LENGTH:
+        return False
+    for tag in tags:
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
+            return False
+    return bool(last.value_tell + last.length == size)
 
 
 def parse_dataset(ds: FileDataset, *, size: int) -> ParsedInstance:

@@ -22,7 +22,7 @@ from medflow.dicom.multipart import MultipartReader, parse_accept, parse_media_t
 from medflow.dicomweb.deps import BaseUrlDep, SettingsDep, StoreDep
 from medflow.dicomweb.errors import DicomwebRoute, NotAcceptable, UnsupportedMediaType
 from medflow.store.records import StoreOutcome
-from medflow.store.spool import SpooledObject, SpoolWriter
+from medflow.store.spool import SpooledObject, SpoolWriter, finish_all
 
 router = APIRouter(route_class=DicomwebRoute, tags=["STOW-RS"])
 
@@ -85,15 +85,15 @@ def _finish(
     writers: list[tuple[SpoolWriter, dict[str, str]]],
 ) -> tuple[list[SpooledObject], list[int]]:
     """fsync the DICOM parts; parts of another type are failed without being stored."""
-    objects, foreign = [], []
+    dicom, foreign = [], []
     for i, (writer, headers) in enumerate(writers):
         part_type = parse_media_type(headers.get("content-type", DICOM)).type
         if part_type != DICOM:
             writer.abort()
             foreign.append(i)
             continue
-        objects.append(writer.finish())
-    return objects, foreign
+        dicom.append(writer)
+    return finish_all(dicom), foreign
 
 
 def _response_dataset(outcomes: list[StoreOutcome], base: str, study: str | None) -> Dataset:

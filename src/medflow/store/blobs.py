@@ -25,6 +25,9 @@ class BlobStore(Protocol):
     def put_file(self, key: str, src: Path) -> None:
         """Make ``src`` (a complete, fsync'd spool file, consumed) durable under ``key``."""
 
+    def put_files(self, items: list[tuple[str, Path]]) -> None:
+        """``put_file`` for many blobs at once (one directory fsync per folder)."""
+
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream (seekable for the filesystem store)."""
 
@@ -67,18 +70,31 @@ class FileSystemBlobStore:
         return path
 
     def put_file(self, key: str, src: Path) -> None:
-        dest = self._path(key)
+        self.put_files([(key, src)])
+
+    def put_files(self, items: list[tuple[str, Path]]) -> None:
+        """Rename each fsync'd spool file into place, then fsync every touched directory once
+        (and the parents of new ones), so that the names are durable before the index commit."""
+        dirty: set[Path] = set()
         try:
-            created = not dest.parent.exists()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            src.replace(dest)
-            fsync_dir(dest.parent)
-            if created:
-                fsync_dir(dest.parent.parent)
+            for key, src in items:
+                dest = self._path(key)
+                if not dest.parent.is_dir():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    parent = dest.parent
+                    while parent != self.root:
+                        dirty.add(parent.parent)
+                        parent = parent.parent
+                try:
+                    src.replace(dest)
+                except OSError as exc:
+                    if exc.errno != 18:  # EXDEV: spool on another filesystem
+                        raise
+                    shutil.move(src, dest)
+                dirty.add(dest.parent)
+            for folder in sorted(dirty, key=lambda p: -len(p.parts)):
+                fsync_dir(folder)
         except OSError as exc:
-            if exc.errno == 18:  # EXDEV: spool on another filesystem
-                shutil.move(src, dest)
-                return
             raise StorageFailure(f"cannot write blob: {exc.strerror}") from exc
 
     def open(self, key: str) -> BinaryIO:
@@ -153,6 +169,10 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as exc:
             raise StorageFailure(f"cannot upload blob: {type(exc).__name__}") from exc
         src.unlink(missing_ok=True)
+
+    def put_files(self, items: list[tuple[str, Path]]) -> None:
+        for key, src in items:
+            self.put_file(key, src)
 
     def open(self, key: str) -> BinaryIO:
         from botocore.exceptions import ClientError

@@ -116,8 +116,8 @@ class BatchIndexer:
         self.series[uid] = row
         return row
 
-    def put(self, item: Pending, existing: Instance | None) -> str:
-        """Insert or replace the instance row; returns the change feed action."""
+    def put(self, item: Pending, existing: Instance | None) -> tuple[str, Instance]:
+        """Insert or replace the instance row; returns the change feed action and the row."""
         p = item.parsed
         study = self.study(p)
         series = self.series_row(p, study)
@@ -150,7 +150,7 @@ class BatchIndexer:
         action = "update" if existing is not None else "create"
         self.feed(p.study_uid, p.series_uid, p.sop_instance_uid, action)
         self.touched_studies.add(p.study_uid)
-        return action
+        return action, row
 
     def feed(self, study_uid: str, series_uid: str, sop_uid: str, action: str) -> None:
         superseded = "deleted" if action == "delete" else "replaced"

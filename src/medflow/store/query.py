@@ -1,25 +1,646 @@
-"""Study/series/instance queries over the index (QIDO-RS and C-FIND). Owned by the QIDO work."""
+"""Study/series/instance queries over the index, for QIDO-RS (PS3.18 10.6) and C-FIND (PS3.4 C.4.1).
+
+Match specs from ``medflow.dicom.matching`` compile to one SQLAlchemy select over the index
+tables that runs the same on SQLite and PostgreSQL:
+
+- Single Value / List of UID Matching: ``=`` / ``IN`` on the indexed column.
+- Wild Card Matching: ``PREFIX*`` becomes a range (``col >= 'DOE' AND col < 'DOF'``) that an
+  index serves; other patterns become ``LIKE ... ESCAPE`` (PostgreSQL) or ``GLOB`` (SQLite, whose
+  LIKE ignores case), with the user's ``%``, ``_``, ``[`` escaped. Text comparisons on
+  PostgreSQL use ``COLLATE "C"`` so that order is code-point order, as on SQLite.
+- Person names (PN) match case- and accent-insensitively on the ``*_search`` columns
+  (C.2.2.2.4 leaves PN wild card matching to the implementation); with fuzzy matching each
+  word of the key must be the prefix of a word of the name (``person_name_token``).
+- Study and Series Description match case-insensitively (free text, OHIF sends ``*text*``).
+- Range Matching of DA/TM compares the fixed-position strings lexically (C.2.2.2.5); a pair of
+  date and time ranges of the same form is combined into one date-time range (PS3.18 8.3.4.1.1).
+- ModalitiesInStudy: ``EXISTS`` over ``series(modality, study_pk)``.
+
+Computed attributes (Number of Related Series/Instances, Modalities in Study) are counted for
+the returned page only. ``includefield`` attributes that the index does not hold come from the
+stored DICOM JSON of one instance of each study/series, BulkDataURIs made absolute.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from sqlalchemy.orm import Session
+from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
-from medflow.core.errors import Unsupported
+from medflow.dicom.attributes import absolutize_bulkdata, search_form
+from medflow.dicom.matching import AttributePath, Match, MatchType, range_upper, vr_of
+from medflow.store.models import Instance, PersonNameToken, Series, Study
+
+Level = Literal["study", "series", "instance"]
+RANK: dict[str, int] = {"study": 0, "series": 1, "instance": 2}
+MAX_OFFSET = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Query:
-    level: str
-    filters: dict[str, Any] = field(default_factory=dict)
+    """A search at ``level``; ``study_uid``/``series_uid`` come from the resource path."""
+
+    level: Level
+    matches: tuple[Match, ...] = ()
+    study_uid: str | None = None
+    series_uid: str | None = None
+    fuzzy: bool = False
+    include_all: bool = False
+    include: tuple[AttributePath, ...] = ()
+    limit: int = 100
+    offset: int = 0
+    base_url: str = ""
+    """Absolute DICOMweb root for Retrieve URL and BulkDataURIs; "" leaves them out/relative."""
 
 
 @dataclass(frozen=True)
 class QueryResult:
     rows: list[dict[str, Any]]
+    """One DICOM JSON object (PS3.18 F.2) per match, in a stable order."""
+    ignored: tuple[str, ...] = ()
+    """Keys with a value that the index cannot match; they were ignored (not supported)."""
+    more: bool = False
+    """More matches exist after this page."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """An attribute the index can match: its level, column and how to compare."""
+
+    level: Level
+    column: InstrumentedAttribute[Any]
+    kind: Literal["exact", "pn", "ci", "int", "date", "time"] = "exact"
+
+
+KEYS: dict[tuple[int, ...], Key] = {
+    (0x00100010,): Key("study", Study.patient_name_search, "pn"),
+    (0x00080090,): Key("study", Study.referring_physician_name_search, "pn"),
+    (0x00100020,): Key("study", Study.patient_id),
+    (0x00100021,): Key("study", Study.issuer_of_patient_id),
+    (0x00100030,): Key("study", Study.patient_birth_date, "date"),
+    (0x00100040,): Key("study", Study.patient_sex),
+    (0x0020000D,): Key("study", Study.study_uid),
+    (0x00080020,): Key("study", Study.study_date, "date"),
+    (0x00080030,): Key("study", Study.study_time, "time"),
+    (0x00080050,): Key("study", Study.accession_number),
+    (0x00200010,): Key("study", Study.study_id),
+    (0x00081030,): Key("study", Study.study_description, "ci"),
+    (0x00080061,): Key("study", Series.modality),  # ModalitiesInStudy, via EXISTS
+    (0x0020000E,): Key("series", Series.series_uid),
+    (0x00080060,): Key("series", Series.modality),
+    (0x00200011,): Key("series", Series.series_number, "int"),
+    (0x0008103E,): Key("series", Series.series_description, "ci"),
+    (0x00180015,): Key("series", Series.body_part_examined),
+    (0x00400244,): Key("series", Series.performed_procedure_step_start_date, "date"),
+    (0x00400245,): Key("series", Series.performed_procedure_step_start_time, "time"),
+    (0x00400275, 0x00400009): Key("series", Series.scheduled_procedure_step_id),
+    (0x00400275, 0x00401001): Key("series", Series.requested_procedure_id),
+    (0x00080018,): Key("instance", Instance.sop_instance_uid),
+    (0x00080016,): Key("instance", Instance.sop_class_uid),
+    (0x00200013,): Key("instance", Instance.instance_number, "int"),
+    (0x00280010,): Key("instance", Instance.rows, "int"),
+    (0x00280011,): Key("instance", Instance.columns, "int"),
+    (0x00280100,): Key("instance", Instance.bits_allocated, "int"),
+    (0x00280008,): Key("instance", Instance.number_of_frames, "int"),
+}
+MODALITIES_IN_STUDY = 0x00080061
+NEVER_MATCHED = frozenset({0x00080005})  # Specific Character Set (PS3.4 C.2.2.2)
+DATE_TIME_PAIRS = (((0x00080020,), (0x00080030,)), ((0x00400244,), (0x00400245,)))
+PN_TOKEN_ATTR = {0x00100010: "00100010", 0x00080090: "00080090"}
 
 
 def execute_query(session: Session, query: Query) -> QueryResult:
-    raise Unsupported("queries are not implemented yet")
+    """Run ``query`` (PS3.18 10.6.1 resources, PS3.4 C.2.2.2 matching) and build its page."""
+    dialect = session.get_bind().dialect.name
+    conds, ignored, extra = _conditions(query, dialect)
+    stmt = _base_select(query).where(*conds)
+    limit = max(0, query.limit)
+    offset = min(max(0, query.offset), MAX_OFFSET)
+    rows = session.execute(stmt.limit(limit + 1).offset(offset)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    builder = _Builder(session, query, extra)
+    return QueryResult(rows=builder.build(rows), ignored=tuple(ignored), more=more)
+
+
+# -- matching ------------------------------------------------------------------------------------
+def _conditions(
+    query: Query, dialect: str
+) -> tuple[list[ColumnElement[bool]], list[str], list[AttributePath]]:
+    """WHERE conditions, keys ignored as not supported, and return keys (universal matches)."""
+    conds: list[ColumnElement[bool]] = []
+    ignored: list[str] = []
+    extra: list[AttributePath] = []
+    if query.study_uid is not None:
+        conds.append(Study.study_uid == query.study_uid)
+    if query.series_uid is not None:
+        conds.append(Series.series_uid == query.series_uid)
+    combined = _combined_date_time(query.matches, dialect)
+    for match in query.matches:
+        path = match.attribute.tags
+        key = KEYS.get(path)
+        if match.type is MatchType.UNIVERSAL:
+            if key is None:
+                extra.append(match.attribute)
+            continue
+        if path[-1] in NEVER_MATCHED:
+            continue
+        if key is None or RANK[key.level] > RANK[query.level]:
+            ignored.append(str(match.attribute))
+            continue
+        if path in combined:
+            continue
+        conds.append(_condition(match, key, dialect, query.fuzzy))
+    conds.extend(combined.values())
+    return conds, ignored, extra
+
+
+def _condition(match: Match, key: Key, dialect: str, fuzzy: bool) -> ColumnElement[bool]:
+    if match.tag == MODALITIES_IN_STUDY:
+        inner = _value_condition(match, key, dialect)
+        return exists().where(Series.study_pk == Study.pk, inner)
+    if key.kind == "pn" and fuzzy:
+        return _fuzzy(match, dialect)
+    return _value_condition(match, key, dialect)
+
+
+def _value_condition(match: Match, key: Key, dialect: str) -> ColumnElement[bool]:
+    col: Any = key.column
+    if match.type is MatchType.RANGE:
+        return _range(col, match, dialect, key.kind == "date")
+    if key.kind == "int":
+        ints: ColumnElement[bool] = col.in_([int(v) for v in match.values or (match.value,)])
+        return ints
+    if key.kind == "time" and match.type is MatchType.SINGLE:
+        return _range(
+            col,
+            Match(match.attribute, MatchType.RANGE, low=match.value, high=match.value),
+            dialect,
+            False,
+        )
+    fold = key.kind == "pn"
+    if match.type is MatchType.LIST:
+        listed: ColumnElement[bool] = col.in_([_norm(v, fold) for v in match.values])
+        return listed
+    if key.kind == "ci":
+        return _like(col, match.value, dialect, case_insensitive=True)
+    if match.type is MatchType.WILDCARD:
+        return _wildcard(col, _norm(match.value, fold), dialect)
+    return col == _norm(match.value, fold)  # type: ignore[no-any-return]
+
+
+def _norm(value: str, fold: bool) -> str:
+    return (search_form(value) or "") if fold else value
+
+
+def _c(col: Any, dialect: str) -> Any:
+    """Code-point order on PostgreSQL (its default collation may not be), as SQLite has."""
+    return col.collate("C") if dialect == "postgresql" else col
+
+
+def _range(col: Any, match: Match, dialect: str, is_date: bool) -> ColumnElement[bool]:
+    """Range Matching (C.2.2.2.5): inclusive, a partial bound covers what it prefixes."""
+    target = col if is_date else _c(col, dialect)  # digits only: every collation agrees
+    parts: list[ColumnElement[bool]] = []
+    if match.low is not None:
+        parts.append(target >= match.low)
+    if match.high is not None:
+        parts.append(target <= range_upper(match.vr, match.high))
+    return and_(*parts) if parts else true()
+
+
+def _prefix_successor(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``."""
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF or 0xD7FF <= last < 0xE000:
+        return None
+    return prefix[:-1] + chr(last + 1)
+
+
+def _wildcard(col: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
+    """Wild Card Matching (C.2.2.2.4), case-sensitive on the given column."""
+    body = pattern.rstrip("*")
+    if body and "*" not in body and "?" not in body and body != pattern:
+        upper = _prefix_successor(body)
+        if upper is not None:
+            target = _c(col, dialect)
+            return and_(target >= body, target < upper)
+    if dialect == "sqlite":
+        glob = "".join(f"[{c}]" if c in "[]" else c for c in pattern)
+        return col.op("GLOB")(glob)  # type: ignore[no-any-return]
+    return col.like(_like_pattern(pattern), escape="\\")  # type: ignore[no-any-return]
+
+
+def _like_pattern(pattern: str) -> str:
+    """``*``/``?`` to ``%``/``_``; the user's ``\\``, ``%`` and ``_`` escaped with ``\\``."""
+    out = []
+    for c in pattern:
+        if c in "\\%_":
+            out.append("\\" + c)
+        else:
+            out.append("%" if c == "*" else "_" if c == "?" else c)
+    return "".join(out)
+
+
+def _like(col: Any, pattern: str, dialect: str, *, case_insensitive: bool) -> ColumnElement[bool]:
+    """Case-insensitive match (ILIKE; SQLite's LIKE folds ASCII letters only)."""
+    like = _like_pattern(pattern)
+    if dialect == "postgresql" and case_insensitive:
+        return col.ilike(like, escape="\\")  # type: ignore[no-any-return]
+    return col.like(like, escape="\\")  # type: ignore[no-any-return]
+
+
+def _fuzzy(match: Match, dialect: str) -> ColumnElement[bool]:
+    """Each word of the key is the prefix of a word of the name (PS3.18 8.3.4.2)."""
+    attr = PN_TOKEN_ATTR[match.tag]
+    folded = search_form(match.value) or ""
+    words = [w for w in re.split(r"[\^=\s,]+", folded) if w.strip("*")]
+    parts: list[ColumnElement[bool]] = []
+    for word in words:
+        pattern = word if word.endswith("*") else word + "*"
+        sub = select(PersonNameToken.study_pk).where(
+            PersonNameToken.attr == attr, _wildcard(PersonNameToken.token, pattern, dialect)
+        )
+        parts.append(Study.pk.in_(sub))
+    return and_(*parts) if parts else true()
+
+
+def _combined_date_time(
+    matches: Sequence[Match], dialect: str
+) -> dict[tuple[int, ...], ColumnElement[bool]]:
+    """Date and time ranges of the same form as one date-time range (C.2.2.2.5.4)."""
+    by_path = {m.attribute.tags: m for m in matches}
+    out: dict[tuple[int, ...], ColumnElement[bool]] = {}
+    for date_path, time_path in DATE_TIME_PAIRS:
+        d, t = by_path.get(date_path), by_path.get(time_path)
+        if d is None or t is None or d.type is not MatchType.RANGE or t.type is not MatchType.RANGE:
+            continue
+        if (d.low is None) != (t.low is None) or (d.high is None) != (t.high is None):
+            continue
+        date_col: Any = KEYS[date_path].column
+        time_col = _c(KEYS[time_path].column, dialect)
+        parts: list[ColumnElement[bool]] = []
+        if d.low is not None and t.low is not None:
+            parts.append(or_(date_col > d.low, and_(date_col == d.low, time_col >= t.low)))
+        if d.high is not None and t.high is not None:
+            d_hi, t_hi = range_upper("DA", d.high), range_upper("TM", t.high)
+            if len(d.high) < 8:  # a partial date bound: the time only limits its last day
+                parts.append(date_col <= d_hi)
+            else:
+                parts.append(or_(date_col < d_hi, and_(date_col == d_hi, time_col <= t_hi)))
+        out[date_path] = and_(*parts)
+        out[time_path] = true()
+    return out
+
+
+def _base_select(query: Query) -> Select[*tuple[Any, ...]]:
+    """Entities of the level, joined to their parents, in a stable order (PS3.18 8.3.4.4.1)."""
+    scoped = query.study_uid is not None
+    if query.level == "study":
+        return select(Study).order_by(Study.study_date.desc().nulls_last(), Study.pk.desc())
+    if query.level == "series":
+        stmt: Select[*tuple[Any, ...]] = select(Series, Study).join(
+            Study, Series.study_pk == Study.pk
+        )
+        if scoped:
+            return stmt.order_by(Series.series_number.asc().nulls_last(), Series.pk)
+        return stmt.order_by(Series.pk.desc())
+    stmt = (
+        select(Instance, Series, Study)
+        .join(Series, Instance.series_pk == Series.pk)
+        .join(Study, Instance.study_pk == Study.pk)
+        .options(defer(Instance.metadata_json))
+    )
+    if scoped:
+        return stmt.order_by(
+            Series.series_number.asc().nulls_last(),
+            Series.pk,
+            Instance.instance_number.asc().nulls_last(),
+            Instance.pk,
+        )
+    return stmt.order_by(Instance.pk.desc())
+
+
+# -- response ------------------------------------------------------------------------------------
+def _kw_tags(*keywords: str) -> frozenset[int]:
+    from pydicom.datadict import tag_for_keyword
+
+    return frozenset(int(t) for k in keywords if (t := tag_for_keyword(k)) is not None)
+
+
+STUDY_LEVEL = _kw_tags(
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence",
+    "ConsultingPhysicianName",
+    "StudyDescription",
+    "ProcedureCodeSequence",
+    "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence",
+    "ReferencedStudySequence",
+    "AdmittingDiagnosesDescription",
+    "AdmittingDiagnosesCodeSequence",
+    "StudyInstanceUID",
+    "StudyID",
+    "RequestingService",
+    "RequestedProcedureDescription",
+    "RequestedProcedureCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence",
+    "AdmissionID",
+    "IssuerOfAdmissionIDSequence",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "ClinicalTrialSponsorName",
+    "ClinicalTrialProtocolID",
+    "ClinicalTrialProtocolName",
+    "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "ClinicalTrialTimePointID",
+    "ClinicalTrialTimePointDescription",
+)
+"""General Study, Patient Study and Clinical Trial Subject/Study modules (PS3.3 C.7.2, C.7.1.3);
+every attribute of group 0010 (Patient module) is study level too (Study Root, PS3.4 C.3.2)."""
+SERIES_LEVEL = _kw_tags(
+    "Modality",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Laterality",
+    "SeriesDate",
+    "SeriesTime",
+    "PerformingPhysicianName",
+    "PerformingPhysicianIdentificationSequence",
+    "ProtocolName",
+    "SeriesDescription",
+    "SeriesDescriptionCodeSequence",
+    "OperatorsName",
+    "OperatorIdentificationSequence",
+    "ReferencedPerformedProcedureStepSequence",
+    "RelatedSeriesSequence",
+    "BodyPartExamined",
+    "PatientPosition",
+    "RequestAttributesSequence",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepDescription",
+    "PerformedProtocolCodeSequence",
+    "CommentsOnThePerformedProcedureStep",
+    "AnatomicalOrientationType",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StationName",
+    "InstitutionalDepartmentName",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    "ClinicalTrialCoordinatingCenterName",
+    "ClinicalTrialSeriesID",
+    "ClinicalTrialSeriesDescription",
+    "NumberOfSeriesRelatedInstances",
+)
+"""General Series, Frame of Reference, General Equipment, Clinical Trial Series (PS3.3 C.7.3-5)."""
+INSTANCE_KEYS = frozenset(p[0] for p, k in KEYS.items() if k.level == "instance")
+
+
+def _level_of(tag: int) -> int | None:
+    """Rank of the level a tag belongs to, where known (None: unknown, e.g. private)."""
+    if tag >> 16 == 0x0010 or tag in STUDY_LEVEL:
+        return 0
+    if tag in SERIES_LEVEL:
+        return 1
+    if tag in INSTANCE_KEYS:
+        return 2
+    return None
+
+
+def _el(ds: Dataset, tag: int, value: Any, *, required: bool = False) -> None:
+    """Add an element with its dictionary VR; None is left out unless ``required`` (type R
+    attributes are returned empty when unknown, PS3.18 10.6.3.3)."""
+    if value is None or value == "":
+        if required:
+            ds.add(DataElement(tag, vr_of(tag), None, validation_mode=pydicom_config.IGNORE))
+        return
+    vr = vr_of(tag)
+    if isinstance(value, str) and "\\" in value and vr not in ("LT", "ST", "UT"):
+        value = value.split("\\")
+    ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
+
+
+def _study_attrs(ds: Dataset, st: Study, base: str) -> None:
+    """PS3.18 Table 10.6.3-3 from the study row (the computed ones are added separately)."""
+    for tag, value in (
+        (0x00080020, st.study_date),
+        (0x00080030, st.study_time),
+        (0x00080050, st.accession_number),
+        (0x00080090, st.referring_physician_name),
+        (0x00100010, st.patient_name),
+        (0x00100020, st.patient_id),
+        (0x00100030, st.patient_birth_date),
+        (0x00100040, st.patient_sex),
+        (0x0020000D, st.study_uid),
+        (0x00200010, st.study_id),
+    ):
+        _el(ds, tag, value, required=True)
+    _el(ds, 0x00080005, st.specific_character_set)
+    _el(ds, 0x00080201, st.timezone_offset)
+    _el(ds, 0x00081030, st.study_description)
+    _el(ds, 0x00100021, st.issuer_of_patient_id)
+    _el(ds, 0x00080056, "ONLINE")
+    if base:
+        _el(ds, 0x00081190, f"{base}/studies/{st.study_uid}")
+
+
+def _series_attrs(ds: Dataset, se: Series, study_uid: str, base: str) -> None:
+    """PS3.18 Table 10.6.3-4 from the series row."""
+    _el(ds, 0x00080060, se.modality, required=True)
+    _el(ds, 0x0020000E, se.series_uid, required=True)
+    _el(ds, 0x00200011, se.series_number, required=True)
+    _el(ds, 0x0008103E, se.series_description)
+    _el(ds, 0x00180015, se.body_part_examined)
+    _el(ds, 0x00400244, se.performed_procedure_step_start_date)
+    _el(ds, 0x00400245, se.performed_procedure_step_start_time)
+    if se.scheduled_procedure_step_id or se.requested_procedure_id:
+        item = Dataset()
+        _el(item, 0x00400009, se.scheduled_procedure_step_id, required=True)
+        _el(item, 0x00401001, se.requested_procedure_id, required=True)
+        _el(ds, 0x00400275, [item])
+    _el(ds, 0x0020000D, study_uid)
+    if 0x00080201 not in ds:
+        _el(ds, 0x00080201, se.timezone_offset)
+    if base:
+        _el(ds, 0x00081190, f"{base}/studies/{study_uid}/series/{se.series_uid}")
+
+
+def _instance_attrs(ds: Dataset, inst: Instance, uids: tuple[str, str], base: str) -> None:
+    """PS3.18 Table 10.6.3-5 from the instance row."""
+    _el(ds, 0x00080016, inst.sop_class_uid, required=True)
+    _el(ds, 0x00080018, inst.sop_instance_uid, required=True)
+    _el(ds, 0x00200013, inst.instance_number, required=True)
+    _el(ds, 0x00080056, "ONLINE")
+    for tag, value in (
+        (0x00280010, inst.rows),
+        (0x00280011, inst.columns),
+        (0x00280100, inst.bits_allocated),
+        (0x00280008, inst.number_of_frames),
+    ):
+        _el(ds, tag, value)
+    if base:
+        _el(
+            ds,
+            0x00081190,
+            f"{base}/studies/{uids[0]}/series/{uids[1]}/instances/{inst.sop_instance_uid}",
+        )
+
+
+class _Builder:
+    """Turns a page of rows into DICOM JSON, with computed and included attributes."""
+
+    def __init__(self, session: Session, query: Query, extra: list[AttributePath]) -> None:
+        self.s = session
+        self.q = query
+        self.base = query.base_url.rstrip("/")
+        self.include = {p.tags[0] for p in (*query.include, *extra)}
+
+    def build(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        level, all_form = self.q.level, self.q.study_uid is None
+        stats = self._study_stats({r[-1].pk for r in rows}) if level == "study" or all_form else {}
+        counts = {}
+        if level == "series" or (level == "instance" and all_form):
+            counts = self._series_counts({r[1 if level == "instance" else 0].pk for r in rows})
+        out = [self._one(row, stats, counts) for row in rows]
+        self._add_included(out, [r[0].pk for r in rows])
+        return [dict(sorted(d.items())) for d in out]
+
+    def _one(
+        self, row: Any, stats: dict[int, tuple[int, int, list[str]]], counts: dict[int, int]
+    ) -> dict[str, Any]:
+        """One result: the level's own attributes (with its Retrieve URL) and its parents'."""
+        ds, level, st = Dataset(), self.q.level, row[-1]
+        if level == "instance":
+            _instance_attrs(ds, row[0], (st.study_uid, row[1].series_uid), self.base)
+        if level != "study":
+            se = row[0] if level == "series" else row[1]
+            _series_attrs(ds, se, st.study_uid, self.base if level == "series" else "")
+            if se.pk in counts:
+                _el(ds, 0x00201209, counts[se.pk], required=True)
+        if level != "series" or self.q.study_uid is None:
+            _study_attrs(ds, st, self.base if level == "study" else "")
+        if st.pk in stats:
+            n_series, n_inst, modalities = stats[st.pk]
+            _el(ds, 0x00201206, n_series, required=True)
+            _el(ds, 0x00201208, n_inst, required=True)
+            _el(ds, 0x00080061, modalities or None, required=True)
+        return ds.to_json_dict()
+
+    def _study_stats(self, pks: set[int]) -> dict[int, tuple[int, int, list[str]]]:
+        """Number of Study Related Series/Instances, Modalities in Study, for these studies."""
+        n_series = dict(
+            self.s.execute(
+                select(Series.study_pk, func.count())
+                .where(Series.study_pk.in_(pks))
+                .group_by(Series.study_pk)
+            )
+            .tuples()
+            .all()
+        )
+        n_inst = dict(
+            self.s.execute(
+                select(Instance.study_pk, func.count())
+                .where(Instance.study_pk.in_(pks))
+                .group_by(Instance.study_pk)
+            )
+            .tuples()
+            .all()
+        )
+        modalities: dict[int, set[str]] = defaultdict(set)
+        for pk, modality in self.s.execute(
+            select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks)).distinct()
+        ).tuples():
+            if modality:
+                modalities[pk].update(modality.split("\\"))
+        return {pk: (n_series.get(pk, 0), n_inst.get(pk, 0), sorted(modalities[pk])) for pk in pks}
+
+    def _series_counts(self, pks: set[int]) -> dict[int, int]:
+        counts = dict(
+            self.s.execute(
+                select(Instance.series_pk, func.count())
+                .where(Instance.series_pk.in_(pks))
+                .group_by(Instance.series_pk)
+            )
+            .tuples()
+            .all()
+        )
+        return {pk: counts.get(pk, 0) for pk in pks}
+
+    def _wanted(self, key: str, present: dict[str, Any]) -> bool:
+        """Whether an attribute of the stored metadata goes into a result of this level
+        (PS3.18 10.6.3.3: attributes of lower levels are not returned)."""
+        if key in present:
+            return False
+        tag = int(key, 16)
+        rank, level = _level_of(tag), RANK[self.q.level]
+        if self.q.include_all:
+            return level == 2 or (rank is not None and rank <= level)
+        return tag in self.include and (rank is None or rank <= level)
+
+    def _add_included(self, out: list[dict[str, Any]], owners: list[int]) -> None:
+        """``includefield`` attributes the index lacks, from one instance's stored metadata."""
+        if not (self.q.include_all or self.include - {int(k, 16) for k in out[0]}):
+            return
+        reps = self._representatives(owners)
+        texts = dict(
+            self.s.execute(
+                select(Instance.pk, Instance.metadata_json).where(
+                    Instance.pk.in_(set(reps.values()))
+                )
+            )
+            .tuples()
+            .all()
+        )
+        for obj, owner in zip(out, owners, strict=True):
+            text = texts.get(reps.get(owner, -1))
+            if text is None:
+                continue
+            if self.base:
+                text = absolutize_bulkdata(text, self.base)
+            meta: dict[str, Any] = json.loads(text)
+            obj.update({k: v for k, v in meta.items() if self._wanted(k, obj)})
+
+    def _representatives(self, owners: Iterable[int]) -> dict[int, int]:
+        """The first instance of each study/series (the instance itself at instance level)."""
+        ids = set(owners)
+        if self.q.level == "instance":
+            return {pk: pk for pk in ids}
+        col = Instance.study_pk if self.q.level == "study" else Instance.series_pk
+        return dict(
+            self.s.execute(select(col, func.min(Instance.pk)).where(col.in_(ids)).group_by(col))
+            .tuples()
+            .all()
+        )
+
+
+__all__ = ["KEYS", "Level", "Query", "QueryResult", "execute_query"]

@@ -125,12 +125,13 @@ class StoreService:
         if not pending:
             return []
         existing = self._existing([p.parsed.sop_instance_uid for _, p in pending])
-        written: list[str] = []
-        for _, item in pending:
-            known = existing.get(item.parsed.sop_instance_uid)
-            if known is None or known[0] != item.spooled.sha256:
-                self.blobs.put_file(item.blob_key, item.spooled.path)
-                written.append(item.blob_key)
+        to_write = [
+            (item.blob_key, item.spooled.path)
+            for _, item in pending
+            if existing.get(item.parsed.sop_instance_uid, ("",))[0] != item.spooled.sha256
+        ]
+        self.blobs.put_files(to_write)
+        written = [key for key, _ in to_write]
         for attempt in range(3):
             try:
                 return self._commit(pending, written)
@@ -149,11 +150,16 @@ class StoreService:
         with self._write_session() as session:
             lock_change_feed(session)
             indexer = BatchIndexer(session)
+            uids = {item.parsed.sop_instance_uid for _, item in pending}
+            rows = {
+                r.sop_instance_uid: r
+                for r in session.scalars(
+                    select(Instance).where(Instance.sop_instance_uid.in_(uids))
+                )
+            }
             for i, item in pending:
                 p = item.parsed
-                row = session.scalar(
-                    select(Instance).where(Instance.sop_instance_uid == p.sop_instance_uid)
-                )
+                row = rows.get(p.sop_instance_uid)
                 base: dict[str, Any] = {
                     "sop_class_uid": p.sop_class_uid,
                     "sop_instance_uid": p.sop_instance_uid,
@@ -180,7 +186,7 @@ class StoreService:
                     )
                     continue
                 old_key = row.blob_key if row is not None else None
-                action = indexer.put(item, row)
+                action, rows[p.sop_instance_uid] = indexer.put(item, row)
                 if old_key and old_key != item.blob_key:
                     replaced.append(old_key)
                 results.append((i, StoreOutcome(ok=True, action=action, **base)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,15 @@ class SpoolWriter:
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+def finish_all(writers: list[SpoolWriter], *, threads: int = 8) -> list[SpooledObject]:
+    """Finish many spool files, fsync'ing them concurrently: a disk absorbs parallel flushes
+    far better than a sequence of them (one STOW-RS request carries dozens of instances)."""
+    if len(writers) <= 1:
+        return [w.finish() for w in writers]
+    with ThreadPoolExecutor(max_workers=min(threads, len(writers))) as pool:
+        return list(pool.map(lambda w: w.finish(), writers))
 
 
 def spool_file(src: Path, spool_dir: Path) -> SpooledObject:

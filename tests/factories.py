@@ -8,7 +8,7 @@ from itertools import count
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from medflow.dicom.multipart import iter_multipart
 from medflow.store.records import StoreOutcome
@@ -46,9 +46,9 @@ def make_instance(
     """A small valid image instance with file meta (explicit VR little endian)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     sop_uid = sop_uid or generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class_uid

@@ -175,7 +175,7 @@ class MultipartReader:
         if buf.startswith(CRLF):  # a part without headers
             head, rest = b"", 2
         else:
-            idx = buf.find(CRLF + CRLF)
+            idx = buf.find(CRLF + CRLF, 0, MAX_HEADER_BYTES + 4)
             if idx < 0:
                 if len(buf) > MAX_HEADER_BYTES:
                     raise InvalidInput("multipart part headers are too large")

@@ -24,6 +24,7 @@ from medflow.store.records import ChangeEvent
 
 router = APIRouter(route_class=DicomwebRoute, tags=["Change feed"])
 MAX_LIMIT = 10_000
+MAX_OFFSET = 2**62  # within a 64-bit Sequence on SQLite and PostgreSQL
 
 
 def _entry(e: ChangeEvent, base: str) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _time(value: str | None, name: str) -> datetime | None:
 async def changefeed(
     store: StoreDep,
     base: BaseUrlDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     includemetadata: bool = False,
     start_time: Annotated[str | None, Query(alias="startTime")] = None,

@@ -1,35 +1,60 @@
 """The write side of the index: one transaction stores a batch of parsed instances.
 
-Called by ``StoreService.store`` after every blob of the batch is durable. Study and series rows
-are created on first sight and their attributes follow the latest instance; each create/update
-appends a change feed entry. On PostgreSQL an advisory transaction lock orders change feed
-writers, so Sequence values become visible in commit order (a reader at cursor N never skips
-an entry committed later with a smaller number). SQLite gets the same from ``BEGIN IMMEDIATE``.
+Called by ``StoreService`` after every blob of the batch is durable. The batch is written with
+set-based statements (one query per table, not one ORM flush per instance): study and series
+rows are created on first sight and their attributes follow the latest instance of the batch;
+each create/update/delete appends a change feed entry. On PostgreSQL an advisory transaction
+lock orders change feed writers, so Sequence values become visible in commit order (a reader at
+cursor N never skips an entry committed later with a smaller number). SQLite gets the same from
+``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from medflow.core.errors import AlreadyExists
 from medflow.dicom.attributes import ParsedInstance, name_tokens, search_form
 from medflow.store.models import ChangeFeedEntry, Instance, PersonNameToken, Series, Study
+from medflow.store.records import StoreOutcome
 from medflow.store.spool import SpooledObject
 
 CHANGE_FEED_LOCK = 0x6D66_6366  # "mfcf"
-PN_ATTRS = {"00100010": "PatientName", "00080090": "ReferringPhysicianName"}
+PATIENT_NAME, REFERRING_PHYSICIAN = "00100010", "00080090"
 
 
 @dataclass(frozen=True)
 class Pending:
     """A parsed object whose blob is already durable under ``blob_key``."""
 
+    index: int
     parsed: ParsedInstance
     spooled: SpooledObject
     blob_key: str
+
+    def outcome(self, *, ok: bool, **kw: Any) -> StoreOutcome:
+        p = self.parsed
+        return StoreOutcome(
+            ok=ok,
+            sop_class_uid=p.sop_class_uid,
+            sop_instance_uid=p.sop_instance_uid,
+            study_uid=p.study_uid,
+            series_uid=p.series_uid,
+            **kw,
+        )
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[tuple[int, StoreOutcome]]
+    replaced_keys: list[str]
+    """Blob keys of replaced instances, to delete after commit."""
 
 
 def now() -> datetime:
@@ -41,138 +66,298 @@ def lock_change_feed(session: Session) -> None:
         session.execute(select(func.pg_advisory_xact_lock(CHANGE_FEED_LOCK)))
 
 
-class BatchIndexer:
-    """Index rows for one batch inside one open transaction."""
+def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Cut text values to their column's length. Real-world values exceed their VR's maximum
+    (PS3.5 6.2); the stored file keeps them whole, the index keeps what fits."""
+    out = {}
+    for key, value in values.items():
+        length = getattr(table.c[key].type, "length", None)
+        out[key] = value[:length] if isinstance(value, str) and length else value
+    return out
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.studies: dict[str, Study] = {}
-        self.series: dict[str, Series] = {}
-        self.touched_studies: set[str] = set()
-        self.stamp = now()
 
-    def study(self, p: ParsedInstance) -> Study:
-        uid = p.study_uid
-        row = self.studies.get(uid) or self.session.scalar(
-            select(Study).where(Study.study_uid == uid)
+def _study_values(p: ParsedInstance) -> dict[str, Any]:
+    a = p.attrs
+    return _fit(
+        Study.__table__,
+        {
+            "patient_id": a["PatientID"],
+            "issuer_of_patient_id": a["IssuerOfPatientID"],
+            "patient_name": a["PatientName"],
+            "patient_name_search": search_form(a["PatientName"]),
+            "patient_birth_date": a["PatientBirthDate"],
+            "patient_sex": a["PatientSex"],
+            "study_date": a["StudyDate"],
+            "study_time": a["StudyTime"],
+            "accession_number": a["AccessionNumber"],
+            "referring_physician_name": a["ReferringPhysicianName"],
+            "referring_physician_name_search": search_form(a["ReferringPhysicianName"]),
+            "study_id": a["StudyID"],
+            "study_description": a["StudyDescription"],
+            "specific_character_set": a["SpecificCharacterSet"],
+            "timezone_offset": a["TimezoneOffsetFromUTC"],
+        },
+    )
+
+
+def _series_values(p: ParsedInstance) -> dict[str, Any]:
+    a = p.attrs
+    return _fit(
+        Series.__table__,
+        {
+            "modality": a["Modality"],
+            "series_number": a["SeriesNumber"],
+            "series_description": a["SeriesDescription"],
+            "body_part_examined": a["BodyPartExamined"],
+            "performed_procedure_step_start_date": a["PerformedProcedureStepStartDate"],
+            "performed_procedure_step_start_time": a["PerformedProcedureStepStartTime"],
+            "scheduled_procedure_step_id": a["ScheduledProcedureStepID"],
+            "requested_procedure_id": a["RequestedProcedureID"],
+            "specific_character_set": a["SpecificCharacterSet"],
+            "timezone_offset": a["TimezoneOffsetFromUTC"],
+        },
+    )
+
+
+def _instance_values(item: Pending) -> dict[str, Any]:
+    p, a = item.parsed, item.parsed.attrs
+    return _fit(
+        Instance.__table__,
+        {
+            "sop_class_uid": p.sop_class_uid,
+            "instance_number": a["InstanceNumber"],
+            "transfer_syntax_uid": p.transfer_syntax_uid,
+            "rows": a["Rows"],
+            "columns": a["Columns"],
+            "bits_allocated": a["BitsAllocated"],
+            "number_of_frames": a["NumberOfFrames"],
+            "specific_character_set": a["SpecificCharacterSet"],
+            "timezone_offset": a["TimezoneOffsetFromUTC"],
+            "pixel_data_offset": p.pixel_data_offset,
+            "pixel_data_length": p.pixel_data_length,
+            "size": item.spooled.size,
+            "sha256": item.spooled.sha256,
+            "blob_key": item.blob_key,
+            "metadata_json": p.metadata_json,
+        },
+    )
+
+
+def index_batch(session: Session, items: list[Pending], *, overwrite: bool) -> BatchResult:
+    """Index ``items`` (in order) inside the caller's open transaction."""
+    stamp = now()
+    uids = {it.parsed.sop_instance_uid for it in items}
+    existing = {
+        r.sop_instance_uid: r
+        for r in session.execute(
+            select(
+                Instance.pk,
+                Instance.sop_instance_uid,
+                Instance.sha256,
+                Instance.blob_key,
+                Instance.series_pk,
+                Instance.study_pk,
+            ).where(Instance.sop_instance_uid.in_(uids))
         )
-        is_new = row is None
-        if row is None:
-            row = Study(study_uid=uid, created_at=self.stamp)
-            self.session.add(row)
-        a = p.attrs
-        old_names = (row.patient_name, row.referring_physician_name)
-        row.patient_id = a["PatientID"]
-        row.issuer_of_patient_id = a["IssuerOfPatientID"]
-        row.patient_name = a["PatientName"]
-        row.patient_name_search = search_form(a["PatientName"])
-        row.patient_birth_date = a["PatientBirthDate"]
-        row.patient_sex = a["PatientSex"]
-        row.study_date = a["StudyDate"]
-        row.study_time = a["StudyTime"]
-        row.accession_number = a["AccessionNumber"]
-        row.referring_physician_name = a["ReferringPhysicianName"]
-        row.referring_physician_name_search = search_form(a["ReferringPhysicianName"])
-        row.study_id = a["StudyID"]
-        row.study_description = a["StudyDescription"]
-        row.specific_character_set = a["SpecificCharacterSet"]
-        row.timezone_offset = a["TimezoneOffsetFromUTC"]
-        row.updated_at = self.stamp
-        self.session.flush()
-        if is_new or old_names != (row.patient_name, row.referring_physician_name):
-            self._tokens(row)
-        self.studies[uid] = row
-        return row
+    }
+    outcomes: list[tuple[int, StoreOutcome]] = []
+    accepted: dict[str, Pending] = {}  # the last accepted object per SOP Instance UID wins
+    for it in items:
+        uid = it.parsed.sop_instance_uid
+        known = accepted.get(uid)
+        sha = known.spooled.sha256 if known else (existing[uid].sha256 if uid in existing else None)
+        if sha == it.spooled.sha256:
+            outcomes.append((it.index, it.outcome(ok=True, action="none")))
+        elif sha is not None and not overwrite:
+            exc = AlreadyExists(
+                "an instance with this SOP Instance UID and different content exists"
+            )
+            outcomes.append(
+                (
+                    it.index,
+                    it.outcome(ok=False, failure_reason=exc.dicom_reason, message=exc.message),
+                )
+            )
+        else:
+            accepted[uid] = it
+            action = "update" if uid in existing else "create"
+            outcomes.append((it.index, it.outcome(ok=True, action=action)))
+    if not accepted:
+        return BatchResult(outcomes, [])
+    batch = list(accepted.values())
+    study_pks = _upsert_studies(session, batch, stamp)
+    series_pks = _upsert_series(session, batch, study_pks, stamp)
+    replaced = _write_instances(session, batch, existing, study_pks, series_pks, stamp)
+    return BatchResult(outcomes, replaced)
 
-    def _tokens(self, row: Study) -> None:
-        self.session.execute(delete(PersonNameToken).where(PersonNameToken.study_pk == row.pk))
-        values = {"00100010": row.patient_name, "00080090": row.referring_physician_name}
-        for attr, value in values.items():
-            for token in sorted(name_tokens(value)):
-                self.session.add(PersonNameToken(study_pk=row.pk, attr=attr, token=token[:128]))
 
-    def series_row(self, p: ParsedInstance, study: Study) -> Series:
-        uid = p.series_uid
-        row = self.series.get(uid) or self.session.scalar(
-            select(Series).where(Series.series_uid == uid)
+def _upsert_studies(session: Session, batch: list[Pending], stamp: datetime) -> dict[str, int]:
+    latest = {it.parsed.study_uid: it.parsed for it in batch}
+    rows = {
+        r.study_uid: r
+        for r in session.execute(
+            select(
+                Study.pk, Study.study_uid, Study.patient_name, Study.referring_physician_name
+            ).where(Study.study_uid.in_(latest))
         )
-        if row is None:
-            row = Series(series_uid=uid, study_pk=study.pk, created_at=self.stamp)
-            self.session.add(row)
-        a = p.attrs
-        row.study_pk = study.pk
-        row.modality = a["Modality"]
-        row.series_number = a["SeriesNumber"]
-        row.series_description = a["SeriesDescription"]
-        row.body_part_examined = a["BodyPartExamined"]
-        row.performed_procedure_step_start_date = a["PerformedProcedureStepStartDate"]
-        row.performed_procedure_step_start_time = a["PerformedProcedureStepStartTime"]
-        row.scheduled_procedure_step_id = a["ScheduledProcedureStepID"]
-        row.requested_procedure_id = a["RequestedProcedureID"]
-        row.specific_character_set = a["SpecificCharacterSet"]
-        row.timezone_offset = a["TimezoneOffsetFromUTC"]
-        row.updated_at = self.stamp
-        self.session.flush()
-        self.series[uid] = row
-        return row
+    }
+    new = [uid for uid in latest if uid not in rows]
+    pks = {uid: r.pk for uid, r in rows.items()}
+    if new:
+        inserted = session.execute(
+            insert(Study).returning(Study.pk, Study.study_uid, sort_by_parameter_order=True),
+            [
+                {
+                    "study_uid": uid,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    **_study_values(latest[uid]),
+                }
+                for uid in new
+            ],
+        )
+        pks.update({r.study_uid: r.pk for r in inserted})
+    retoken = set(new)
+    for uid, r in rows.items():
+        values = _study_values(latest[uid])
+        session.execute(update(Study).where(Study.pk == r.pk).values(updated_at=stamp, **values))
+        if (r.patient_name, r.referring_physician_name) != (
+            values["patient_name"],
+            values["referring_physician_name"],
+        ):
+            retoken.add(uid)
+    if retoken:
+        _write_tokens(session, {pks[uid]: latest[uid] for uid in retoken})
+    return pks
 
-    def put(self, item: Pending, existing: Instance | None) -> tuple[str, Instance]:
-        """Insert or replace the instance row; returns the change feed action and the row."""
-        p = item.parsed
-        study = self.study(p)
-        series = self.series_row(p, study)
-        row = existing or Instance(sop_instance_uid=p.sop_instance_uid, created_at=self.stamp)
-        moved_from = (row.series_pk, row.study_pk) if existing is not None else None
-        a = p.attrs
-        row.study_pk = study.pk
-        row.series_pk = series.pk
-        row.sop_class_uid = p.sop_class_uid
-        row.instance_number = a["InstanceNumber"]
-        row.transfer_syntax_uid = p.transfer_syntax_uid
-        row.rows = a["Rows"]
-        row.columns = a["Columns"]
-        row.bits_allocated = a["BitsAllocated"]
-        row.number_of_frames = a["NumberOfFrames"]
-        row.specific_character_set = a["SpecificCharacterSet"]
-        row.timezone_offset = a["TimezoneOffsetFromUTC"]
-        row.pixel_data_offset = p.pixel_data_offset
-        row.pixel_data_length = p.pixel_data_length
-        row.size = item.spooled.size
-        row.sha256 = item.spooled.sha256
-        row.blob_key = item.blob_key
-        row.metadata_json = p.metadata_json
-        row.updated_at = self.stamp
-        if existing is None:
-            self.session.add(row)
-        self.session.flush()
-        if moved_from is not None and moved_from != (series.pk, study.pk):
-            prune_empty(self.session, series_pk=moved_from[0], study_pk=moved_from[1])
-        action = "update" if existing is not None else "create"
-        self.feed(p.study_uid, p.series_uid, p.sop_instance_uid, action)
-        self.touched_studies.add(p.study_uid)
-        return action, row
 
-    def feed(self, study_uid: str, series_uid: str, sop_uid: str, action: str) -> None:
-        superseded = "deleted" if action == "delete" else "replaced"
-        if action != "create":
-            self.session.execute(
+def _write_tokens(session: Session, studies: dict[int, ParsedInstance]) -> None:
+    session.execute(delete(PersonNameToken).where(PersonNameToken.study_pk.in_(studies)))
+    tokens = [
+        {"study_pk": pk, "attr": attr, "token": token[:128]}
+        for pk, p in studies.items()
+        for attr, keyword in (
+            (PATIENT_NAME, "PatientName"),
+            (REFERRING_PHYSICIAN, "ReferringPhysicianName"),
+        )
+        for token in sorted(name_tokens(p.attrs[keyword]))
+    ]
+    if tokens:
+        session.execute(insert(PersonNameToken), tokens)
+
+
+def _upsert_series(
+    session: Session, batch: list[Pending], study_pks: dict[str, int], stamp: datetime
+) -> dict[str, int]:
+    latest = {it.parsed.series_uid: it.parsed for it in batch}
+    pks: dict[str, int] = {
+        uid: pk
+        for uid, pk in session.execute(
+            select(Series.series_uid, Series.pk).where(Series.series_uid.in_(latest))
+        )
+    }
+    new = [uid for uid in latest if uid not in pks]
+    if new:
+        inserted = session.execute(
+            insert(Series).returning(Series.pk, Series.series_uid, sort_by_parameter_order=True),
+            [
+                {
+                    "series_uid": uid,
+                    "study_pk": study_pks[latest[uid].study_uid],
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    **_series_values(latest[uid]),
+                }
+                for uid in new
+            ],
+        )
+        pks.update({r.series_uid: r.pk for r in inserted})
+    for uid in latest.keys() - set(new):
+        session.execute(
+            update(Series)
+            .where(Series.pk == pks[uid])
+            .values(
+                study_pk=study_pks[latest[uid].study_uid],
+                updated_at=stamp,
+                **_series_values(latest[uid]),
+            )
+        )
+    return pks
+
+
+def _write_instances(
+    session: Session,
+    batch: list[Pending],
+    existing: dict[str, Any],
+    study_pks: dict[str, int],
+    series_pks: dict[str, int],
+    stamp: datetime,
+) -> list[str]:
+    creates, replaced, moved = [], [], set()
+    for it in batch:
+        p = it.parsed
+        values = {
+            "study_pk": study_pks[p.study_uid],
+            "series_pk": series_pks[p.series_uid],
+            "updated_at": stamp,
+            **_instance_values(it),
+        }
+        old = existing.get(p.sop_instance_uid)
+        if old is None:
+            creates.append({"sop_instance_uid": p.sop_instance_uid, "created_at": stamp, **values})
+            continue
+        session.execute(update(Instance).where(Instance.pk == old.pk).values(**values))
+        if old.blob_key != it.blob_key:
+            replaced.append(old.blob_key)
+        if (old.series_pk, old.study_pk) != (values["series_pk"], values["study_pk"]):
+            moved.add((old.series_pk, old.study_pk))
+    if creates:
+        session.execute(insert(Instance), creates)
+    for series_pk, study_pk in moved:
+        prune_empty(session, series_pk=series_pk, study_pk=study_pk)
+    append_feed(
+        session,
+        [
+            (
+                it.parsed.study_uid,
+                it.parsed.series_uid,
+                it.parsed.sop_instance_uid,
+                "update" if it.parsed.sop_instance_uid in existing else "create",
+            )
+            for it in batch
+        ],
+    )
+    return replaced
+
+
+def append_feed(session: Session, entries: Iterable[tuple[str, str, str, str]]) -> None:
+    """Append (study, series, sop, action) change feed entries; supersede earlier ones."""
+    entries = list(entries)
+    for action, state in (("update", "replaced"), ("delete", "deleted")):
+        uids = [e[2] for e in entries if e[3] == action]
+        if uids:
+            session.execute(
                 update(ChangeFeedEntry)
                 .where(
-                    ChangeFeedEntry.sop_instance_uid == sop_uid,
-                    ChangeFeedEntry.state == "current",
+                    ChangeFeedEntry.sop_instance_uid.in_(uids), ChangeFeedEntry.state == "current"
                 )
-                .values(state=superseded)
+                .values(state=state)
             )
-        self.session.add(
-            ChangeFeedEntry(
-                timestamp=now(),
-                action=action,
-                state="deleted" if action == "delete" else "current",
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_instance_uid=sop_uid,
-            )
-        )
+    stamp = now()
+    session.execute(
+        insert(ChangeFeedEntry),
+        [
+            {
+                "timestamp": stamp,
+                "action": action,
+                "state": "deleted" if action == "delete" else "current",
+                "study_uid": st,
+                "series_uid": se,
+                "sop_instance_uid": sop,
+            }
+            for st, se, sop, action in entries
+        ],
+    )
 
 
 def prune_empty(session: Session, *, series_pk: int, study_pk: int) -> None:

@@ -24,28 +24,42 @@ from sqlalchemy.orm import Mapped, mapped_column
 from medflow.db.base import Base, BigPK
 
 
+def CodeString(length: int) -> String:  # noqa: N802  (a column type, named like one)
+    """Text compared by code point: ``COLLATE "C"`` on PostgreSQL, so that the prefix ranges
+    of wild card matching (``>= 'DOE' AND < 'DOF'``) agree with SQLite and use the index
+    (a linguistic collation ignores punctuation such as ``^``)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 class Study(Base):
     __tablename__ = "study"
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(CodeString(64), index=True)
     issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(400))
-    patient_name_search: Mapped[str | None] = mapped_column(String(400), index=True)
-    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
-    patient_sex: Mapped[str | None] = mapped_column(String(16))
-    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
-    study_time: Mapped[str | None] = mapped_column(String(16))
-    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_name_search: Mapped[str | None] = mapped_column(CodeString(400), index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(32))
+    patient_sex: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(CodeString(32), index=True)
+    study_time: Mapped[str | None] = mapped_column(CodeString(32))
+    accession_number: Mapped[str | None] = mapped_column(CodeString(64), index=True)
     referring_physician_name: Mapped[str | None] = mapped_column(String(400))
-    referring_physician_name_search: Mapped[str | None] = mapped_column(String(400))
-    study_id: Mapped[str | None] = mapped_column(String(16))
+    referring_physician_name_search: Mapped[str | None] = mapped_column(CodeString(400))
+    study_id: Mapped[str | None] = mapped_column(CodeString(64))
     study_description: Mapped[str | None] = mapped_column(String(400))
-    specific_character_set: Mapped[str | None] = mapped_column(String(128))
-    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    specific_character_set: Mapped[str | None] = mapped_column(String(256))
+    timezone_offset: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# The default QIDO order (newest first, undated last, then pk) straight from an index on
+# PostgreSQL; SQLite walks ix_study_study_date backwards (it has no NULLS LAST in indexes).
+Index(
+    "ix_study_date_desc_pk", Study.study_date.desc().nulls_last(), Study.pk.desc()
+).ddl_if(dialect="postgresql")
 
 
 class Series(Base):
@@ -55,16 +69,16 @@ class Series(Base):
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    modality: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str | None] = mapped_column(CodeString(64))
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(400))
-    body_part_examined: Mapped[str | None] = mapped_column(String(64))
-    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(String(8))
-    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(CodeString(64))
+    performed_procedure_step_start_date: Mapped[str | None] = mapped_column(CodeString(32))
+    performed_procedure_step_start_time: Mapped[str | None] = mapped_column(CodeString(32))
     scheduled_procedure_step_id: Mapped[str | None] = mapped_column(String(64))
     requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
-    specific_character_set: Mapped[str | None] = mapped_column(String(128))
-    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    specific_character_set: Mapped[str | None] = mapped_column(String(256))
+    timezone_offset: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -83,10 +97,11 @@ class Instance(Base):
     columns: Mapped[int | None] = mapped_column(Integer)
     bits_allocated: Mapped[int | None] = mapped_column(Integer)
     number_of_frames: Mapped[int | None] = mapped_column(Integer)
-    specific_character_set: Mapped[str | None] = mapped_column(String(128))
-    timezone_offset: Mapped[str | None] = mapped_column(String(16))
+    specific_character_set: Mapped[str | None] = mapped_column(String(256))
+    timezone_offset: Mapped[str | None] = mapped_column(String(32))
     pixel_data_offset: Mapped[int | None] = mapped_column(BigInteger)
-    """File offset of the Pixel Data value (after its header); None if there is none."""
+    """Offset of the Pixel Data value (after its header); None if there is none. For a deflated
+    transfer syntax it is a position in the inflated data set, not in the file."""
     pixel_data_length: Mapped[int | None] = mapped_column(BigInteger)
     """Value length of Pixel Data; None for undefined length (encapsulated)."""
     size: Mapped[int] = mapped_column(BigInteger)
@@ -108,7 +123,7 @@ class PersonNameToken(Base):
     study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
     attr: Mapped[str] = mapped_column(String(8))
     """Tag of the attribute as 8 hex digits, e.g. ``00100010`` for PatientName."""
-    token: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(CodeString(128))
 
 
 class ChangeFeedEntry(Base):

@@ -34,10 +34,17 @@ from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, true
-from sqlalchemy.orm import InstrumentedAttribute, Session, defer
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, defer
 
 from medflow.dicom.attributes import absolutize_bulkdata, search_form
-from medflow.dicom.matching import AttributePath, Match, MatchType, range_upper, vr_of
+from medflow.dicom.matching import (
+    AttributePath,
+    Match,
+    MatchType,
+    level_of,
+    range_upper,
+    vr_of,
+)
 from medflow.store.models import Instance, PersonNameToken, Series, Study
 
 Level = Literal["study", "series", "instance"]
@@ -165,9 +172,10 @@ def _conditions(
 
 
 def _condition(match: Match, key: Key, dialect: str, fuzzy: bool) -> ColumnElement[bool]:
-    if match.tag == MODALITIES_IN_STUDY:
-        inner = _value_condition(match, key, dialect)
-        return exists().where(Series.study_pk == Study.pk, inner)
+    if match.tag == MODALITIES_IN_STUDY:  # any series of the study; an alias, as the outer
+        other = aliased(Series)  # query may select from series itself
+        inner = _value_condition(match, Key("study", other.modality), dialect)
+        return exists().where(other.study_pk == Study.pk, inner)
     if key.kind == "pn" and fuzzy:
         return _fuzzy(match, dialect)
     return _value_condition(match, key, dialect)
@@ -313,7 +321,7 @@ def _base_select(query: Query) -> Select[*tuple[Any, ...]]:
         )
         if scoped:
             return stmt.order_by(Series.series_number.asc().nulls_last(), Series.pk)
-        return stmt.order_by(Series.pk.desc())
+        return stmt.order_by(Series.study_pk.desc(), Series.pk.desc())  # index order
     stmt = (
         select(Instance, Series, Study)
         .join(Series, Instance.series_pk == Series.pk)
@@ -331,110 +339,6 @@ def _base_select(query: Query) -> Select[*tuple[Any, ...]]:
 
 
 # -- response ------------------------------------------------------------------------------------
-def _kw_tags(*keywords: str) -> frozenset[int]:
-    from pydicom.datadict import tag_for_keyword
-
-    return frozenset(int(t) for k in keywords if (t := tag_for_keyword(k)) is not None)
-
-
-STUDY_LEVEL = _kw_tags(
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "IssuerOfAccessionNumberSequence",
-    "ReferringPhysicianName",
-    "ReferringPhysicianIdentificationSequence",
-    "ConsultingPhysicianName",
-    "StudyDescription",
-    "ProcedureCodeSequence",
-    "PhysiciansOfRecord",
-    "PhysiciansOfRecordIdentificationSequence",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence",
-    "ReferencedStudySequence",
-    "AdmittingDiagnosesDescription",
-    "AdmittingDiagnosesCodeSequence",
-    "StudyInstanceUID",
-    "StudyID",
-    "RequestingService",
-    "RequestedProcedureDescription",
-    "RequestedProcedureCodeSequence",
-    "ReasonForPerformedProcedureCodeSequence",
-    "AdmissionID",
-    "IssuerOfAdmissionIDSequence",
-    "PatientIdentityRemoved",
-    "DeidentificationMethod",
-    "DeidentificationMethodCodeSequence",
-    "ClinicalTrialSponsorName",
-    "ClinicalTrialProtocolID",
-    "ClinicalTrialProtocolName",
-    "ClinicalTrialSiteID",
-    "ClinicalTrialSiteName",
-    "ClinicalTrialSubjectID",
-    "ClinicalTrialSubjectReadingID",
-    "ClinicalTrialTimePointID",
-    "ClinicalTrialTimePointDescription",
-)
-"""General Study, Patient Study and Clinical Trial Subject/Study modules (PS3.3 C.7.2, C.7.1.3);
-every attribute of group 0010 (Patient module) is study level too (Study Root, PS3.4 C.3.2)."""
-SERIES_LEVEL = _kw_tags(
-    "Modality",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "Laterality",
-    "SeriesDate",
-    "SeriesTime",
-    "PerformingPhysicianName",
-    "PerformingPhysicianIdentificationSequence",
-    "ProtocolName",
-    "SeriesDescription",
-    "SeriesDescriptionCodeSequence",
-    "OperatorsName",
-    "OperatorIdentificationSequence",
-    "ReferencedPerformedProcedureStepSequence",
-    "RelatedSeriesSequence",
-    "BodyPartExamined",
-    "PatientPosition",
-    "RequestAttributesSequence",
-    "PerformedProcedureStepID",
-    "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepEndDate",
-    "PerformedProcedureStepEndTime",
-    "PerformedProcedureStepDescription",
-    "PerformedProtocolCodeSequence",
-    "CommentsOnThePerformedProcedureStep",
-    "AnatomicalOrientationType",
-    "FrameOfReferenceUID",
-    "PositionReferenceIndicator",
-    "Manufacturer",
-    "InstitutionName",
-    "InstitutionAddress",
-    "StationName",
-    "InstitutionalDepartmentName",
-    "ManufacturerModelName",
-    "DeviceSerialNumber",
-    "SoftwareVersions",
-    "ClinicalTrialCoordinatingCenterName",
-    "ClinicalTrialSeriesID",
-    "ClinicalTrialSeriesDescription",
-    "NumberOfSeriesRelatedInstances",
-)
-"""General Series, Frame of Reference, General Equipment, Clinical Trial Series (PS3.3 C.7.3-5)."""
-INSTANCE_KEYS = frozenset(p[0] for p, k in KEYS.items() if k.level == "instance")
-
-
-def _level_of(tag: int) -> int | None:
-    """Rank of the level a tag belongs to, where known (None: unknown, e.g. private)."""
-    if tag >> 16 == 0x0010 or tag in STUDY_LEVEL:
-        return 0
-    if tag in SERIES_LEVEL:
-        return 1
-    if tag in INSTANCE_KEYS:
-        return 2
-    return None
-
-
 def _el(ds: Dataset, tag: int, value: Any, *, required: bool = False) -> None:
     """Add an element with its dictionary VR; None is left out unless ``required`` (type R
     attributes are returned empty when unknown, PS3.18 10.6.3.3)."""
@@ -530,7 +434,8 @@ class _Builder:
         stats = self._study_stats({r[-1].pk for r in rows}) if level == "study" or all_form else {}
         counts = {}
         if level == "series" or (level == "instance" and all_form):
-            counts = self._series_counts({r[1 if level == "instance" else 0].pk for r in rows})
+            pks = {r[1 if level == "instance" else 0].pk for r in rows}
+            counts = self._count(Instance.series_pk, pks)
         out = [self._one(row, stats, counts) for row in rows]
         self._add_included(out, [r[0].pk for r in rows])
         return [dict(sorted(d.items())) for d in out]
@@ -556,45 +461,24 @@ class _Builder:
             _el(ds, 0x00080061, modalities or None, required=True)
         return ds.to_json_dict()
 
+    def _pairs(self, stmt: Select[Any, Any]) -> dict[Any, Any]:
+        return {row[0]: row[1] for row in self.s.execute(stmt)}
+
+    def _count(self, col: InstrumentedAttribute[int], pks: set[int]) -> dict[int, int]:
+        """Rows per parent key, for these parents only (GROUP BY over the page)."""
+        counts = self._pairs(select(col, func.count()).where(col.in_(pks)).group_by(col))
+        return {pk: counts.get(pk, 0) for pk in pks}
+
     def _study_stats(self, pks: set[int]) -> dict[int, tuple[int, int, list[str]]]:
         """Number of Study Related Series/Instances, Modalities in Study, for these studies."""
-        n_series = dict(
-            self.s.execute(
-                select(Series.study_pk, func.count())
-                .where(Series.study_pk.in_(pks))
-                .group_by(Series.study_pk)
-            )
-            .tuples()
-            .all()
-        )
-        n_inst = dict(
-            self.s.execute(
-                select(Instance.study_pk, func.count())
-                .where(Instance.study_pk.in_(pks))
-                .group_by(Instance.study_pk)
-            )
-            .tuples()
-            .all()
-        )
+        n_series = self._count(Series.study_pk, pks)
+        n_inst = self._count(Instance.study_pk, pks)
         modalities: dict[int, set[str]] = defaultdict(set)
-        for pk, modality in self.s.execute(
-            select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks)).distinct()
-        ).tuples():
+        stmt = select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks))
+        for pk, modality in self.s.execute(stmt.distinct()):
             if modality:
                 modalities[pk].update(modality.split("\\"))
-        return {pk: (n_series.get(pk, 0), n_inst.get(pk, 0), sorted(modalities[pk])) for pk in pks}
-
-    def _series_counts(self, pks: set[int]) -> dict[int, int]:
-        counts = dict(
-            self.s.execute(
-                select(Instance.series_pk, func.count())
-                .where(Instance.series_pk.in_(pks))
-                .group_by(Instance.series_pk)
-            )
-            .tuples()
-            .all()
-        )
-        return {pk: counts.get(pk, 0) for pk in pks}
+        return {pk: (n_series[pk], n_inst[pk], sorted(modalities[pk])) for pk in pks}
 
     def _wanted(self, key: str, present: dict[str, Any]) -> bool:
         """Whether an attribute of the stored metadata goes into a result of this level
@@ -602,7 +486,7 @@ class _Builder:
         if key in present:
             return False
         tag = int(key, 16)
-        rank, level = _level_of(tag), RANK[self.q.level]
+        rank, level = level_of(tag), RANK[self.q.level]
         if self.q.include_all:
             return level == 2 or (rank is not None and rank <= level)
         return tag in self.include and (rank is None or rank <= level)
@@ -612,14 +496,8 @@ class _Builder:
         if not (self.q.include_all or self.include - {int(k, 16) for k in out[0]}):
             return
         reps = self._representatives(owners)
-        texts = dict(
-            self.s.execute(
-                select(Instance.pk, Instance.metadata_json).where(
-                    Instance.pk.in_(set(reps.values()))
-                )
-            )
-            .tuples()
-            .all()
+        texts = self._pairs(
+            select(Instance.pk, Instance.metadata_json).where(Instance.pk.in_(set(reps.values())))
         )
         for obj, owner in zip(out, owners, strict=True):
             text = texts.get(reps.get(owner, -1))
@@ -636,11 +514,7 @@ class _Builder:
         if self.q.level == "instance":
             return {pk: pk for pk in ids}
         col = Instance.study_pk if self.q.level == "study" else Instance.series_pk
-        return dict(
-            self.s.execute(select(col, func.min(Instance.pk)).where(col.in_(ids)).group_by(col))
-            .tuples()
-            .all()
-        )
+        return self._pairs(select(col, func.min(Instance.pk)).where(col.in_(ids)).group_by(col))
 
 
 __all__ = ["KEYS", "Level", "Query", "QueryResult", "execute_query"]

@@ -16,19 +16,25 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from medflow.core.errors import AlreadyExists, InvalidInput, MedflowError, NotFound, StorageFailure
+from medflow.core.errors import InvalidInput, MedflowError, NotFound, StorageFailure
 from medflow.core.events import EventBus, InstancesChanged
 from medflow.core.settings import StoreSettings
 from medflow.dicom.attributes import ParsedInstance, is_valid_uid, read_part10
 from medflow.store.blobs import BlobStore
-from medflow.store.indexer import BatchIndexer, Pending, lock_change_feed, prune_empty
+from medflow.store.indexer import (
+    Pending,
+    append_feed,
+    index_batch,
+    lock_change_feed,
+    prune_empty,
+)
 from medflow.store.models import ChangeFeedEntry, Instance, Series, Study
 from medflow.store.query import Query, QueryResult, execute_query
 from medflow.store.records import ChangeEvent, InstanceRecord, StoreOutcome, VerifyReport
@@ -89,22 +95,25 @@ class StoreService:
         """Store spooled Part 10 objects; one outcome per object, in order. Never raises for a
         bad object: its outcome carries the FailureReason. Spool files are consumed."""
         outcomes: list[StoreOutcome | None] = [None] * len(objects)
-        pending: list[tuple[int, Pending]] = []
+        pending: list[Pending] = []
         try:
             for i, obj in enumerate(objects):
                 try:
                     parsed = read_part10(obj.path, size=obj.size)
-                    if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
-                        raise InvalidInput(
-                            "StudyInstanceUID does not match the study in the request URL",
-                            dicom_reason=0xA900,
-                        )
                 except MedflowError as exc:
                     outcomes[i] = StoreOutcome(
                         ok=False, failure_reason=exc.dicom_reason, message=exc.message
                     )
                     continue
-                pending.append((i, Pending(parsed, obj, blob_key_for(parsed, obj.sha256))))
+                item = Pending(i, parsed, obj, blob_key_for(parsed, obj.sha256))
+                if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
+                    outcomes[i] = item.outcome(
+                        ok=False,
+                        failure_reason=0xA900,
+                        message="StudyInstanceUID does not match the study in the request URL",
+                    )
+                    continue
+                pending.append(item)
             for i, outcome in self._index(pending):
                 outcomes[i] = outcome
         finally:
@@ -121,13 +130,13 @@ class StoreService:
             ).all()
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def _index(self, pending: list[tuple[int, Pending]]) -> list[tuple[int, StoreOutcome]]:
+    def _index(self, pending: list[Pending]) -> list[tuple[int, StoreOutcome]]:
         if not pending:
             return []
-        existing = self._existing([p.parsed.sop_instance_uid for _, p in pending])
+        existing = self._existing([p.parsed.sop_instance_uid for p in pending])
         to_write = [
             (item.blob_key, item.spooled.path)
-            for _, item in pending
+            for item in pending
             if existing.get(item.parsed.sop_instance_uid, ("",))[0] != item.spooled.sha256
         ]
         self.blobs.put_files(to_write)
@@ -142,62 +151,18 @@ class StoreService:
                     raise StorageFailure("index transaction failed") from exc
         raise AssertionError("unreachable")
 
-    def _commit(
-        self, pending: list[tuple[int, Pending]], written: list[str]
-    ) -> list[tuple[int, StoreOutcome]]:
-        results: list[tuple[int, StoreOutcome]] = []
-        replaced: list[str] = []
+    def _commit(self, pending: list[Pending], written: list[str]) -> list[tuple[int, StoreOutcome]]:
         with self._write_session() as session:
             lock_change_feed(session)
-            indexer = BatchIndexer(session)
-            uids = {item.parsed.sop_instance_uid for _, item in pending}
-            rows = {
-                r.sop_instance_uid: r
-                for r in session.scalars(
-                    select(Instance).where(Instance.sop_instance_uid.in_(uids))
-                )
-            }
-            for i, item in pending:
-                p = item.parsed
-                row = rows.get(p.sop_instance_uid)
-                base: dict[str, Any] = {
-                    "sop_class_uid": p.sop_class_uid,
-                    "sop_instance_uid": p.sop_instance_uid,
-                    "study_uid": p.study_uid,
-                    "series_uid": p.series_uid,
-                }
-                if row is not None and row.sha256 == item.spooled.sha256:
-                    results.append((i, StoreOutcome(ok=True, action="none", **base)))
-                    continue
-                if row is not None and not self.settings.overwrite:
-                    exc = AlreadyExists(
-                        "an instance with this SOP Instance UID and different content exists"
-                    )
-                    results.append(
-                        (
-                            i,
-                            StoreOutcome(
-                                ok=False,
-                                failure_reason=exc.dicom_reason,
-                                message=exc.message,
-                                **base,
-                            ),
-                        )
-                    )
-                    continue
-                old_key = row.blob_key if row is not None else None
-                action, rows[p.sop_instance_uid] = indexer.put(item, row)
-                if old_key and old_key != item.blob_key:
-                    replaced.append(old_key)
-                results.append((i, StoreOutcome(ok=True, action=action, **base)))
+            result = index_batch(session, pending, overwrite=self.settings.overwrite)
             session.commit()
-        ok = {i for i, outcome in results if outcome.ok}
-        stored_keys = {item.blob_key for i, item in pending if i in ok}
+        ok = {i for i, outcome in result.outcomes if outcome.ok}
+        stored_keys = {item.blob_key for item in pending if item.index in ok}
         self._forget_blobs([k for k in written if k not in stored_keys])
-        for key in replaced:
+        for key in result.replaced_keys:
             self._delete_blob(key)
-        self._publish({p.parsed.study_uid for _, p in pending})
-        return results
+        self._publish({p.parsed.study_uid for p in pending})
+        return result.outcomes
 
     def _forget_blobs(self, keys: list[str]) -> None:
         """Remove blobs written for a batch but not committed, unless a row refers to them."""
@@ -321,13 +286,12 @@ class StoreService:
                 raise NotFound(
                     "no such " + ("instance" if sop_uid else "series" if series_uid else "study")
                 )
-            indexer = BatchIndexer(session)
             parents = {(r[0].series_pk, r[0].study_pk) for r in rows}
             keys = [r[0].blob_key for r in rows]
-            for inst, st_uid, se_uid in rows:
-                session.delete(inst)
-                indexer.feed(st_uid, se_uid, inst.sop_instance_uid, "delete")
-            session.flush()
+            session.execute(delete(Instance).where(Instance.pk.in_([r[0].pk for r in rows])))
+            append_feed(
+                session, [(st, se, inst.sop_instance_uid, "delete") for inst, st, se in rows]
+            )
             for series_pk, study_pk in parents:
                 prune_empty(session, series_pk=series_pk, study_pk=study_pk)
             session.commit()
@@ -366,7 +330,7 @@ class StoreService:
                     select(Instance.sop_instance_uid, Instance.metadata_json).where(
                         Instance.sop_instance_uid.in_(uids)
                     )
-                ).tuples()
+                )
                 meta = {uid: text for uid, text in rows}
         return [
             self._event(e, meta.get(e.sop_instance_uid) if e.state == "current" else None)

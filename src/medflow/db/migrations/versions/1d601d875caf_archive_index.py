@@ -1,8 +1,8 @@
 """archive index
 
-Revision ID: 7f219438cbe7
+Revision ID: 1d601d875caf
 Revises:
-Create Date: 2026-11-22 17:50:21.969020
+Create Date: 2026-11-22 18:14:58.113451
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "7f219438cbe7"
+revision = "1d601d875caf"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -50,21 +50,49 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("study_uid", sa.String(length=64), nullable=False),
-        sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column(
+            "patient_id",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("issuer_of_patient_id", sa.String(length=64), nullable=True),
         sa.Column("patient_name", sa.String(length=400), nullable=True),
-        sa.Column("patient_name_search", sa.String(length=400), nullable=True),
-        sa.Column("patient_birth_date", sa.String(length=8), nullable=True),
-        sa.Column("patient_sex", sa.String(length=16), nullable=True),
-        sa.Column("study_date", sa.String(length=8), nullable=True),
-        sa.Column("study_time", sa.String(length=16), nullable=True),
-        sa.Column("accession_number", sa.String(length=64), nullable=True),
+        sa.Column(
+            "patient_name_search",
+            sa.String(length=400).with_variant(sa.String(length=400, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column("patient_birth_date", sa.String(length=32), nullable=True),
+        sa.Column("patient_sex", sa.String(length=64), nullable=True),
+        sa.Column(
+            "study_date",
+            sa.String(length=32).with_variant(sa.String(length=32, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "study_time",
+            sa.String(length=32).with_variant(sa.String(length=32, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "accession_number",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("referring_physician_name", sa.String(length=400), nullable=True),
-        sa.Column("referring_physician_name_search", sa.String(length=400), nullable=True),
-        sa.Column("study_id", sa.String(length=16), nullable=True),
+        sa.Column(
+            "referring_physician_name_search",
+            sa.String(length=400).with_variant(sa.String(length=400, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "study_id",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("study_description", sa.String(length=400), nullable=True),
-        sa.Column("specific_character_set", sa.String(length=128), nullable=True),
-        sa.Column("timezone_offset", sa.String(length=16), nullable=True),
+        sa.Column("specific_character_set", sa.String(length=256), nullable=True),
+        sa.Column("timezone_offset", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_study")),
@@ -80,6 +108,12 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_study_study_date"), ["study_date"], unique=False)
 
+    if op.get_bind().dialect.name == "postgresql":
+        op.create_index(
+            "ix_study_date_desc_pk",
+            "study",
+            [sa.literal_column("study_date DESC NULLS LAST"), sa.literal_column("pk DESC")],
+        )
     op.create_table(
         "person_name_token",
         sa.Column(
@@ -90,7 +124,11 @@ def upgrade() -> None:
         ),
         sa.Column("study_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("attr", sa.String(length=8), nullable=False),
-        sa.Column("token", sa.String(length=128), nullable=False),
+        sa.Column(
+            "token",
+            sa.String(length=128).with_variant(sa.String(length=128, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
             ["study_pk"],
             ["study.pk"],
@@ -115,16 +153,32 @@ def upgrade() -> None:
         ),
         sa.Column("study_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("series_uid", sa.String(length=64), nullable=False),
-        sa.Column("modality", sa.String(length=16), nullable=True),
+        sa.Column(
+            "modality",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("series_number", sa.Integer(), nullable=True),
         sa.Column("series_description", sa.String(length=400), nullable=True),
-        sa.Column("body_part_examined", sa.String(length=64), nullable=True),
-        sa.Column("performed_procedure_step_start_date", sa.String(length=8), nullable=True),
-        sa.Column("performed_procedure_step_start_time", sa.String(length=16), nullable=True),
+        sa.Column(
+            "body_part_examined",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "performed_procedure_step_start_date",
+            sa.String(length=32).with_variant(sa.String(length=32, collation="C"), "postgresql"),
+            nullable=True,
+        ),
+        sa.Column(
+            "performed_procedure_step_start_time",
+            sa.String(length=32).with_variant(sa.String(length=32, collation="C"), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("scheduled_procedure_step_id", sa.String(length=64), nullable=True),
         sa.Column("requested_procedure_id", sa.String(length=64), nullable=True),
-        sa.Column("specific_character_set", sa.String(length=128), nullable=True),
-        sa.Column("timezone_offset", sa.String(length=16), nullable=True),
+        sa.Column("specific_character_set", sa.String(length=256), nullable=True),
+        sa.Column("timezone_offset", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -157,8 +211,8 @@ def upgrade() -> None:
         sa.Column("columns", sa.Integer(), nullable=True),
         sa.Column("bits_allocated", sa.Integer(), nullable=True),
         sa.Column("number_of_frames", sa.Integer(), nullable=True),
-        sa.Column("specific_character_set", sa.String(length=128), nullable=True),
-        sa.Column("timezone_offset", sa.String(length=16), nullable=True),
+        sa.Column("specific_character_set", sa.String(length=256), nullable=True),
+        sa.Column("timezone_offset", sa.String(length=32), nullable=True),
         sa.Column("pixel_data_offset", sa.BigInteger(), nullable=True),
         sa.Column("pixel_data_length", sa.BigInteger(), nullable=True),
         sa.Column("size", sa.BigInteger(), nullable=False),
@@ -211,6 +265,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_study_study_date"))
         batch_op.drop_index(batch_op.f("ix_study_patient_name_search"))
         batch_op.drop_index(batch_op.f("ix_study_patient_id"))
+        if op.get_bind().dialect.name == "postgresql":
+            batch_op.drop_index("ix_study_date_desc_pk")
         batch_op.drop_index(batch_op.f("ix_study_accession_number"))
 
     op.drop_table("study")

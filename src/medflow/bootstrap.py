@@ -74,3 +74,10 @@ def create_app(container: Container) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for ``medflow serve --workers N``: each worker process builds its own
+    container from the ``MEDFLOW_*`` environment the parent exported (the parent has already
+    migrated the schema)."""
+    return create_app(build(Settings(), migrate=False))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 from medflow.core.settings import Settings
 
@@ -13,3 +16,20 @@ def load_settings(data_dir: Path | None = None) -> Settings:
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
     return settings
+
+
+def export_settings(settings: Settings) -> None:
+    """Put the resolved settings into ``MEDFLOW_*`` variables for child processes."""
+    for key, value in flatten(settings.model_dump(mode="json", exclude_none=True)).items():
+        os.environ[f"MEDFLOW_{key.upper()}"] = value
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "__"))
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out

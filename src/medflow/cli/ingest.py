@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 import pydicom
@@ -107,42 +107,74 @@ def _sop_uid(source: Source) -> str | None:
 
 
 def ingest_remote(url: str, sources: list[Source], progress: Progress) -> list[tuple[str, str]]:
+    """STOW-RS in batches of 50. A failure is named by its SOP Instance UID; when a server
+    reports failures without one (an unparseable part), the files of that batch it did not
+    account for are sent again one per request (storing an identical instance again is
+    idempotent), so that every failure names its file."""
     failures: list[tuple[str, str]] = []
     task = progress.add_task("sending", total=len(sources))
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/dicomweb") else "/dicomweb")
     with httpx.Client(timeout=300) as client:
         for batch in _batches(sources):
-            uids = {_sop_uid(s): s.label for s in batch}
-            boundary = new_boundary()
-            parts = [({"Content-Type": "application/dicom"}, [s.open().read()]) for s in batch]
-            response = client.post(
-                endpoint + "/studies",
-                content=b"".join(iter_multipart(parts, boundary)),
-                headers={
-                    "Content-Type": f'multipart/related; type="application/dicom"; '
-                    f"boundary={boundary}",
-                    "Accept": "application/dicom+json",
-                },
-            )
-            failures += _remote_failures(response, uids, batch)
+            uids = {source.label: _sop_uid(source) for source in batch}
+            outcome = _outcome(_post(client, endpoint, batch))
+            if isinstance(outcome, str):
+                failures += [(source.label, outcome) for source in batch]
+            else:
+                stored, failed, anonymous = outcome
+                for source in batch:
+                    uid = uids[source.label]
+                    if uid in failed:
+                        failures.append((source.label, failed[uid]))
+                    elif anonymous and uid not in stored:
+                        failures += _send_alone(client, endpoint, source)
             progress.advance(task, len(batch))
     return failures
 
 
-def _remote_failures(
-    response: httpx.Response, uids: dict[str | None, str], batch: list[Source]
-) -> list[tuple[str, str]]:
+def _send_alone(client: httpx.Client, endpoint: str, source: Source) -> list[tuple[str, str]]:
+    outcome = _outcome(_post(client, endpoint, [source]))
+    if isinstance(outcome, str):
+        return [(source.label, outcome)]
+    _stored, failed, anonymous = outcome
+    reasons = [*failed.values(), *anonymous]
+    return [(source.label, reasons[0])] if reasons else []
+
+
+def _post(client: httpx.Client, endpoint: str, batch: list[Source]) -> httpx.Response:
+    boundary = new_boundary()
+    parts = []
+    for source in batch:
+        with source.open() as fp:
+            parts.append(({"Content-Type": "application/dicom"}, [fp.read()]))
+    return client.post(
+        endpoint + "/studies",
+        content=b"".join(iter_multipart(parts, boundary)),
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
+
+
+def _outcome(response: httpx.Response) -> str | tuple[set[str], dict[str, str], list[str]]:
+    """(stored UIDs, failed UID → reason, reasons of failures without a UID) of a STOW-RS
+    response (PS3.18 Table 10.5.3-1), or the error text of a request that failed whole."""
     if response.status_code not in (200, 202, 409):
-        return [(s.label, f"HTTP {response.status_code}: {response.text[:200]}") for s in batch]
+        return f"HTTP {response.status_code}: {response.text[:200]}"
     body = json.loads(response.text or "{}")
-    out = []
+
+    def uid(item: dict[str, Any]) -> str | None:
+        value = (item.get("00081155", {}).get("Value") or [None])[0]
+        return str(value) if value else None
+
+    stored = {u for i in body.get("00081199", {}).get("Value", []) if (u := uid(i))}
+    failed: dict[str, str] = {}
+    anonymous: list[str] = []
     for item in body.get("00081198", {}).get("Value", []):
-        uid = (item.get("00081155", {}).get("Value") or [None])[0]
-        reason = (item.get("00081197", {}).get("Value") or [0])[0]
-        out.append(
-            (
-                uids.get(uid, f"(an unreadable file of this batch: {uid or 'no UID'})"),
-                f"0x{reason:04X}",
-            )
-        )
-    return out
+        reason = f"0x{(item.get('00081197', {}).get('Value') or [0])[0]:04X}"
+        if (u := uid(item)) is not None:
+            failed[u] = reason
+        else:
+            anonymous.append(reason)
+    return stored, failed, anonymous

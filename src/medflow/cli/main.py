@@ -4,14 +4,14 @@ local data, ``--url`` where it talks to a running server."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from medflow.cli.common import load_settings
+from medflow.cli.common import export_settings, load_settings
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.core.logging import configure
 
@@ -37,6 +37,9 @@ def serve(
         int | None, typer.Option("--dimse-port", help="DIMSE port (default 11112; 0 disables)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level")] = "info",
+    workers: Annotated[
+        int, typer.Option(help="HTTP worker processes over the same index and blobs")
+    ] = 1,
 ) -> None:
     """Run medflow: DICOMweb at /dicomweb, health at /healthz."""
     import uvicorn
@@ -54,14 +57,21 @@ def serve(
     console.print(
         f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
     )
+    options: dict[str, Any] = {
+        "host": http.host,
+        "port": http.port,
+        "log_level": log_level.lower(),
+        "access_log": False,
+    }
     try:
-        uvicorn.run(
-            create_app(container),
-            host=http.host,
-            port=http.port,
-            log_level=log_level.lower(),
-            access_log=False,
-        )
+        if workers > 1:
+            container.close()
+            export_settings(settings)
+            uvicorn.run(
+                "medflow.bootstrap:app_from_environment", factory=True, workers=workers, **options
+            )
+        else:
+            uvicorn.run(create_app(container), **options)
     finally:
         container.close()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
@@ -165,52 +165,75 @@ def parse_dataset(ds: FileDataset, *, size: int) -> ParsedInstance:
         raise InvalidInput("file meta information (group 0002) is missing or incomplete")
     if str(meta.MediaStorageSOPClassUID) == MEDIA_STORAGE_DIRECTORY:
         raise Unsupported("a DICOMDIR (Media Storage Directory) is not a storage SOP instance")
-    attrs = _index_attributes(ds)
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        if not is_valid_uid(attrs[key]):
-            state = "missing" if not attrs[key] else "not a valid UID"
+    uids = {k: _uid(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    uids["SOPClassUID"] = _uid(ds, "SOPClassUID")
+    for key, value in uids.items():
+        if not is_valid_uid(value):
+            state = "missing" if not value else "not a valid UID"
             raise InvalidInput(f"{key} is {state}", dicom_reason=0xA900)
+    prefix = (
+        f"studies/{uids['StudyInstanceUID']}/series/{uids['SeriesInstanceUID']}"
+        f"/instances/{uids['SOPInstanceUID']}/bulkdata/"
+    )
+    model = _to_json(ds, prefix, 1024)
     offset, length = _pixel_data_position(ds)
     return ParsedInstance(
         transfer_syntax_uid=str(ts),
-        attrs=attrs,
+        attrs=index_attributes(model),
         pixel_data_offset=offset,
         pixel_data_length=length,
-        metadata_json=metadata_json(ds, attrs),
+        metadata_json=json.dumps(model, separators=(",", ":"), ensure_ascii=False),
     )
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+def _uid(ds: Dataset, keyword: str) -> str | None:
     try:
         value = ds.get(keyword)
-    except Exception:  # noqa: BLE001 — an unreadable value is indexed as absent, the object kept as sent
+    except Exception:  # noqa: BLE001 — an unreadable UID is reported as invalid
         return None
-    if value is None or value == "":
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value) or None
-    return str(value).strip() or None
+    return str(value).strip() if value else None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+TAGS = {k: f"{tag_for_keyword(k):08X}" for k in (*STRING_KEYWORDS, *INT_KEYWORDS)}
+REQUEST_ATTRIBUTES = f"{tag_for_keyword('RequestAttributesSequence'):08X}"
+SPS_ID = f"{tag_for_keyword('ScheduledProcedureStepID'):08X}"
+REQUESTED_PROCEDURE_ID = f"{tag_for_keyword('RequestedProcedureID'):08X}"
+
+
+def _json_text(entry: dict[str, Any] | None) -> str | None:
+    """A DICOM JSON attribute back to its DICOM string form (PN groups joined with ``=``)."""
+    values = entry.get("Value") if entry else None
+    if not values:
+        return None
+    parts = []
+    for value in values:
+        if isinstance(value, dict):  # PN (PS3.18 F.2.2)
+            groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            while groups and not groups[-1]:
+                groups.pop()
+            parts.append("=".join(groups))
+        else:
+            parts.append("" if value is None else str(value))
+    return "\\".join(parts).strip() or None
+
+
+def _json_int(entry: dict[str, Any] | None) -> int | None:
+    values = entry.get("Value") if entry else None
     try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except Exception:  # noqa: BLE001 — malformed IS values are common in the wild
+        return int(values[0]) if values and values[0] is not None else None
+    except (TypeError, ValueError):  # malformed IS values are common in the wild
         return None
 
 
-def _index_attributes(ds: Dataset) -> dict[str, Any]:
-    attrs: dict[str, Any] = {k: _text(ds, k) for k in STRING_KEYWORDS}
-    attrs.update({k: _int(ds, k) for k in INT_KEYWORDS})
-    rq = None
-    try:
-        seq = ds.get("RequestAttributesSequence")
-        rq = seq[0] if seq else None
-    except Exception:  # noqa: BLE001 — a malformed sequence leaves these keys empty
-        rq = None
-    attrs["ScheduledProcedureStepID"] = _text(rq, "ScheduledProcedureStepID") if rq else None
-    attrs["RequestedProcedureID"] = _text(rq, "RequestedProcedureID") if rq else None
+def index_attributes(model: dict[str, Any]) -> dict[str, Any]:
+    """The index attributes of an instance, read from its DICOM JSON model (values already
+    decoded once by pydicom for the JSON; unreadable values are indexed as absent)."""
+    attrs: dict[str, Any] = {k: _json_text(model.get(TAGS[k])) for k in STRING_KEYWORDS}
+    attrs.update({k: _json_int(model.get(TAGS[k])) for k in INT_KEYWORDS})
+    items = (model.get(REQUEST_ATTRIBUTES) or {}).get("Value") or [{}]
+    first = items[0] if isinstance(items[0], dict) else {}
+    attrs["ScheduledProcedureStepID"] = _json_text(first.get(SPS_ID))
+    attrs["RequestedProcedureID"] = _json_text(first.get(REQUESTED_PROCEDURE_ID))
     return attrs
 
 
@@ -223,16 +246,6 @@ def _pixel_data_position(ds: Dataset) -> tuple[int | None, int | None]:
                 return raw.value_tell, length
             return None, None
     return None, None
-
-
-def metadata_json(ds: Dataset, attrs: dict[str, Any] | None = None, threshold: int = 1024) -> str:
-    """Compact DICOM JSON of ``ds`` with BulkDataURIs relative to the DICOMweb root."""
-    attrs = attrs or _index_attributes(ds)
-    base = (
-        f"studies/{attrs['StudyInstanceUID']}/series/{attrs['SeriesInstanceUID']}"
-        f"/instances/{attrs['SOPInstanceUID']}/bulkdata/"
-    )
-    return json.dumps(_to_json(ds, base, threshold), separators=(",", ":"), ensure_ascii=False)
 
 
 def _tag_hex(tag: BaseTag) -> str:

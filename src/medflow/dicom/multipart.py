@@ -182,7 +182,7 @@ class MultipartReader:
                 return
             head, rest = bytes(buf[:idx]), idx + 4
         headers: dict[str, str] = {}
-        for line in head.split(CRLF):
+        for line in head.split(CRLF) if head else ():
             name, sep, value = line.decode("latin-1").partition(":")
             if not sep:
                 raise InvalidInput("malformed multipart part header")

@@ -173,6 +173,8 @@ def _outcome(response: httpx.Response) -> str | tuple[set[str], dict[str, str], 
     anonymous: list[str] = []
     for item in body.get("00081198", {}).get("Value", []):
         reason = f"0x{(item.get('00081197', {}).get('Value') or [0])[0]:04X}"
+        comment = (item.get("00000902", {}).get("Value") or [""])[0]
+        reason = f"{reason} {comment}".strip()
         if (u := uid(item)) is not None:
             failed[u] = reason
         else:

@@ -4,7 +4,8 @@ The body is streamed part by part into spool files (never held in memory); only 
 multipart body is stored, each instance through ``StoreService.store`` (the same path as
 ``medflow ingest`` and DIMSE C-STORE). The response is the Store Instances Response Module
 (PS3.18 Table 10.5.3-1) in DICOM JSON: ReferencedSOPSequence for stored instances and
-FailedSOPSequence with FailureReason (0008,1197) for the others. Status: 200 all stored,
+FailedSOPSequence with FailureReason (0008,1197) for the others, each with the reason in words in
+ErrorComment (0000,0902) (as the DIMSE status would carry it). Status: 200 all stored,
 202 some failed, 409 none stored, 400 malformed request, 415 unsupported media type.
 """
 
@@ -115,6 +116,8 @@ def _response_dataset(outcomes: list[StoreOutcome], base: str, study: str | None
             )
         else:
             item.FailureReason = o.failure_reason or 0x0110
+            if o.message:  # the reason in words: ErrorComment (0000,0902), LO of 64 characters
+                item.ErrorComment = o.message[:64]
             failed.append(item)
             continue
         ds.ReferencedSOPSequence = [*ds.get("ReferencedSOPSequence", []), item]

@@ -17,8 +17,10 @@ tables that runs the same on SQLite and PostgreSQL:
 - ModalitiesInStudy: ``EXISTS`` over ``series(modality, study_pk)``.
 
 Computed attributes (Number of Related Series/Instances, Modalities in Study) are counted for
-the returned page only. ``includefield`` attributes that the index does not hold come from the
-stored DICOM JSON of one instance of each study/series, BulkDataURIs made absolute.
+the returned page only. Results are DICOM JSON text written straight from the index columns by a
+narrow writer for the index attributes only (checked against pydicom's ``to_json_dict``).
+``includefield`` attributes that the index does not hold come from the stored DICOM JSON of one
+instance of each study/series, BulkDataURIs made absolute.
 """
 
 from __future__ import annotations
@@ -28,13 +30,11 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
-from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, true
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, defer
+from sqlalchemy.orm import Bundle, InstrumentedAttribute, Session, aliased
 
 from medflow.dicom.attributes import absolutize_bulkdata, search_form
 from medflow.dicom.matching import (
@@ -71,12 +71,21 @@ class Query:
 
 @dataclass(frozen=True)
 class QueryResult:
-    rows: list[dict[str, Any]]
-    """One DICOM JSON object (PS3.18 F.2) per match, in a stable order."""
+    texts: list[str]
+    """One DICOM JSON object (PS3.18 F.2) per match, as JSON text, in a stable order."""
     ignored: tuple[str, ...] = ()
     """Keys with a value that the index cannot match; they were ignored (not supported)."""
     more: bool = False
     """More matches exist after this page."""
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        """The matches as parsed DICOM JSON objects."""
+        return [json.loads(text) for text in self.texts]
+
+    def json_bytes(self) -> bytes:
+        """The DICOM JSON array of the matches (a QIDO-RS response body), UTF-8."""
+        return ("[" + ",".join(self.texts) + "]").encode()
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,7 @@ def execute_query(session: Session, query: Query) -> QueryResult:
     more = len(rows) > limit
     rows = rows[:limit]
     builder = _Builder(session, query, extra)
-    return QueryResult(rows=builder.build(rows), ignored=tuple(ignored), more=more)
+    return QueryResult(texts=builder.build(rows), ignored=tuple(ignored), more=more)
 
 
 # -- matching ------------------------------------------------------------------------------------
@@ -297,36 +306,49 @@ def _combined_date_time(
         date_col: Any = KEYS[date_path].column
         time_col = _c(KEYS[time_path].column, dialect)
         parts: list[ColumnElement[bool]] = []
+        # Each OR comes with the plain date bound it implies: the range an index can seek.
         if d.low is not None and t.low is not None:
+            parts.append(date_col >= d.low)
             parts.append(or_(date_col > d.low, and_(date_col == d.low, time_col >= t.low)))
         if d.high is not None and t.high is not None:
             d_hi, t_hi = range_upper("DA", d.high), range_upper("TM", t.high)
-            if len(d.high) < 8:  # a partial date bound: the time only limits its last day
-                parts.append(date_col <= d_hi)
-            else:
+            parts.append(date_col <= d_hi)
+            if len(d.high) == 8:  # a full date: the time limits its last day (a partial: none)
                 parts.append(or_(date_col < d_hi, and_(date_col == d_hi, time_col <= t_hi)))
         out[date_path] = and_(*parts)
         out[time_path] = true()
     return out
 
 
+def _columns(model: type[Study | Series | Instance], *skip: str) -> Bundle[Any]:
+    """A table's columns as plain rows with attribute access (``row.study_uid``): a page is
+    read, never changed, so ORM instances (identity map, state tracking) are not needed."""
+    cols = [c for c in model.__table__.columns if c.key not in skip]
+    return Bundle(model.__tablename__, *cols)
+
+
+STUDY_COLUMNS = _columns(Study)
+SERIES_COLUMNS = _columns(Series)
+INSTANCE_COLUMNS = _columns(Instance, "metadata_json")
+
+
 def _base_select(query: Query) -> Select[*tuple[Any, ...]]:
-    """Entities of the level, joined to their parents, in a stable order (PS3.18 8.3.4.4.1)."""
+    """Rows of the level, joined to their parents, in a stable order (PS3.18 8.3.4.4.1)."""
     scoped = query.study_uid is not None
     if query.level == "study":
-        return select(Study).order_by(Study.study_date.desc().nulls_last(), Study.pk.desc())
+        return select(STUDY_COLUMNS).order_by(Study.study_date.desc().nulls_last(), Study.pk.desc())
     if query.level == "series":
-        stmt: Select[*tuple[Any, ...]] = select(Series, Study).join(
+        stmt: Select[*tuple[Any, ...]] = select(SERIES_COLUMNS, STUDY_COLUMNS).join(
             Study, Series.study_pk == Study.pk
         )
         if scoped:
             return stmt.order_by(Series.series_number.asc().nulls_last(), Series.pk)
         return stmt.order_by(Series.study_pk.desc(), Series.pk.desc())  # index order
     stmt = (
-        select(Instance, Series, Study)
+        select(INSTANCE_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS)
+        .select_from(Instance)
         .join(Series, Instance.series_pk == Series.pk)
         .join(Study, Instance.study_pk == Study.pk)
-        .options(defer(Instance.metadata_json))
     )
     if scoped:
         return stmt.order_by(
@@ -338,21 +360,104 @@ def _base_select(query: Query) -> Select[*tuple[Any, ...]]:
     return stmt.order_by(Instance.pk.desc())
 
 
-# -- response ------------------------------------------------------------------------------------
-def _el(ds: Dataset, tag: int, value: Any, *, required: bool = False) -> None:
-    """Add an element with its dictionary VR; None is left out unless ``required`` (type R
-    attributes are returned empty when unknown, PS3.18 10.6.3.3)."""
-    if value is None or value == "":
-        if required:
-            ds.add(DataElement(tag, vr_of(tag), None, validation_mode=pydicom_config.IGNORE))
-        return
-    vr = vr_of(tag)
-    if isinstance(value, str) and "\\" in value and vr not in ("LT", "ST", "UT"):
-        value = value.split("\\")
-    ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
+# -- DICOM JSON of the index attributes ----------------------------------------------------------
+# Results are written as DICOM JSON text (PS3.18 F.2) straight from the index columns. This is
+# deliberately narrow (DESIGN.md: never hand-roll DICOM JSON in general): only the attributes
+# below, whose VRs are fixed and whose values are plain strings or integers, are written here,
+# producing exactly the text of ``json.dumps(Dataset.to_json_dict(), ensure_ascii=False,
+# separators=(",", ":"))`` for a data set built from the same values (tests/unit/store/
+# test_query_json.py checks that). Everything else (``includefield`` attributes from the stored
+# metadata) is DICOM JSON that pydicom wrote at store time, passed through.
+INDEX_TAGS = (
+    *(0x00080005, 0x00080020, 0x00080030, 0x00080050, 0x00080056, 0x00080061, 0x00080090),
+    *(0x00080201, 0x00081030, 0x00081190, 0x00100010, 0x00100020, 0x00100021, 0x00100030),
+    *(0x00100040, 0x0020000D, 0x00200010, 0x00201206, 0x00201208),  # study level
+    *(0x00080060, 0x0008103E, 0x00180015, 0x0020000E, 0x00200011, 0x00201209, 0x00400244),
+    *(0x00400245, 0x00400275, 0x00400009, 0x00401001),  # series level
+    *(0x00080016, 0x00080018, 0x00200013, 0x00280008, 0x00280010, 0x00280011, 0x00280100),
+)
+INDEX_VR: dict[int, str] = {tag: vr_of(tag) for tag in INDEX_TAGS}
+"""Dictionary VR of each index attribute: DA TM UI LO SH CS PN UR (text), IS US (integers), SQ."""
+_KEY = {tag: f"{tag:08X}" for tag in INDEX_TAGS}
+_EMPTY = {tag: f'"{tag:08X}":{{"vr":"{vr}"}}' for tag, vr in INDEX_VR.items()}
+_OPEN = {tag: f'"{tag:08X}":{{"vr":"{vr}","Value":[' for tag, vr in INDEX_VR.items()}
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT"})  # a backslash is text, not a delimiter
+_CONVERTED = frozenset({"PN", "UI"})  # values pydicom converts (PersonName, UID)
+_PN_GROUPS = ('{"Alphabetic":', ',"Ideographic":', ',"Phonetic":')
+_string = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as dumps)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _study_attrs(ds: Dataset, st: Study, base: str) -> None:
+def _pn_value(value: str) -> str | None:
+    """One PN value as its object (F.2.2): the ``=`` groups less empty trailing ones, then the
+    first three (as pydicom); None when nothing is left (pydicom's empty PersonName)."""
+    groups = value.split("=")
+    while groups and not groups[-1]:
+        groups.pop()
+    if not groups:
+        return None
+    return "".join(key + _string(g) for key, g in zip(_PN_GROUPS, groups[:3], strict=False)) + "}"
+
+
+def _value_text(vr: str, value: str | list[str]) -> str | None:
+    """The items of "Value" of a non-empty string or list; None when it has none."""
+    if isinstance(value, list):
+        parts = value
+    elif vr in _SINGLE_VALUED or "\\" not in value:
+        parts = [value]
+    else:
+        parts = value.split("\\")
+    if vr == "UI":  # pydicom's UID strips white space
+        parts = [p.strip() for p in parts]
+    if vr == "PN":
+        if len(parts) == 1:
+            return _pn_value(parts[0])
+        # An empty value among several is null (PS3.18 F.2.5); pydicom raises there.
+        return ",".join(_pn_value(p) or "null" for p in parts)
+    if len(parts) == 1 and not parts[0]:
+        return None
+    return ",".join(map(_string, parts))
+
+
+def element_json(tag: int, value: str | int | list[str] | None) -> str:
+    """``"GGGGEEEE":{"vr":..,"Value":[..]}`` for an index attribute (not SQ): a string (values
+    separated by backslashes unless LT/ST/UT), an integer or a list of strings. None, "" and []
+    give the empty attribute ``{"vr":..}`` (type 1/2 return keys that have no value)."""
+    if value is None or value == "" or value == []:
+        return _EMPTY[tag]
+    if isinstance(value, int):  # IS, US from integer columns and counts
+        return _OPEN[tag] + str(value) + "]}"
+    vr = INDEX_VR[tag]
+    if type(value) is str and "\\" not in value and vr not in _CONVERTED:  # the common case
+        return _OPEN[tag] + _string(value) + "]}"
+    items = _value_text(vr, value)
+    return _EMPTY[tag] if items is None else _OPEN[tag] + items + "]}"
+
+
+def object_json(elements: dict[str, str]) -> str:
+    """A DICOM JSON object from attribute texts (``element_json``) keyed by tag in hex, in
+    tag order."""
+    return "{" + ",".join([elements[k] for k in sorted(elements)]) + "}"
+
+
+class _Attrs(dict[str, str]):
+    """One result being built: tag (hex) -> attribute text. ``put`` is pydicom's
+    ``Dataset.add`` of a value with its dictionary VR; None is left out unless ``required``
+    (type R attributes are returned empty when unknown, PS3.18 10.6.3.3)."""
+
+    def put(self, tag: int, value: str | int | list[str] | None, *, required: bool = False) -> None:
+        if value is None or value == "" or value == []:
+            if required:
+                self[_KEY[tag]] = _EMPTY[tag]
+        else:
+            self[_KEY[tag]] = element_json(tag, value)
+
+    def put_parsed(self, key: str, attribute: Any) -> None:
+        """An attribute of the stored DICOM JSON metadata (as parsed), written back as is."""
+        self[key] = f'"{key}":{_dumps(attribute)}'
+
+
+def _study_attrs(out: _Attrs, st: Any, base: str) -> None:
     """PS3.18 Table 10.6.3-3 from the study row (the computed ones are added separately)."""
     for tag, value in (
         (0x00080020, st.study_date),
@@ -366,56 +471,53 @@ def _study_attrs(ds: Dataset, st: Study, base: str) -> None:
         (0x0020000D, st.study_uid),
         (0x00200010, st.study_id),
     ):
-        _el(ds, tag, value, required=True)
-    _el(ds, 0x00080005, st.specific_character_set)
-    _el(ds, 0x00080201, st.timezone_offset)
-    _el(ds, 0x00081030, st.study_description)
-    _el(ds, 0x00100021, st.issuer_of_patient_id)
-    _el(ds, 0x00080056, "ONLINE")
+        out[_KEY[tag]] = element_json(tag, value)  # required: empty when unknown
+    put = out.put
+    put(0x00080005, st.specific_character_set)
+    put(0x00080201, st.timezone_offset)
+    put(0x00081030, st.study_description)
+    put(0x00100021, st.issuer_of_patient_id)
+    put(0x00080056, "ONLINE")
     if base:
-        _el(ds, 0x00081190, f"{base}/studies/{st.study_uid}")
+        put(0x00081190, f"{base}/studies/{st.study_uid}")
 
 
-def _series_attrs(ds: Dataset, se: Series, study_uid: str, base: str) -> None:
+def _series_attrs(out: _Attrs, se: Any, study_uid: str, base: str) -> None:
     """PS3.18 Table 10.6.3-4 from the series row."""
-    _el(ds, 0x00080060, se.modality, required=True)
-    _el(ds, 0x0020000E, se.series_uid, required=True)
-    _el(ds, 0x00200011, se.series_number, required=True)
-    _el(ds, 0x0008103E, se.series_description)
-    _el(ds, 0x00180015, se.body_part_examined)
-    _el(ds, 0x00400244, se.performed_procedure_step_start_date)
-    _el(ds, 0x00400245, se.performed_procedure_step_start_time)
+    put = out.put
+    put(0x00080060, se.modality, required=True)
+    put(0x0020000E, se.series_uid, required=True)
+    put(0x00200011, se.series_number, required=True)
+    put(0x0008103E, se.series_description)
+    put(0x00180015, se.body_part_examined)
+    put(0x00400244, se.performed_procedure_step_start_date)
+    put(0x00400245, se.performed_procedure_step_start_time)
     if se.scheduled_procedure_step_id or se.requested_procedure_id:
-        item = Dataset()
-        _el(item, 0x00400009, se.scheduled_procedure_step_id, required=True)
-        _el(item, 0x00401001, se.requested_procedure_id, required=True)
-        _el(ds, 0x00400275, [item])
-    _el(ds, 0x0020000D, study_uid)
-    if 0x00080201 not in ds:
-        _el(ds, 0x00080201, se.timezone_offset)
+        item = _Attrs()
+        item.put(0x00400009, se.scheduled_procedure_step_id, required=True)
+        item.put(0x00401001, se.requested_procedure_id, required=True)
+        out[_KEY[0x00400275]] = _OPEN[0x00400275] + object_json(item) + "]}"
+    put(0x0020000D, study_uid)
+    if "00080201" not in out:
+        put(0x00080201, se.timezone_offset)
     if base:
-        _el(ds, 0x00081190, f"{base}/studies/{study_uid}/series/{se.series_uid}")
+        put(0x00081190, f"{base}/studies/{study_uid}/series/{se.series_uid}")
 
 
-def _instance_attrs(ds: Dataset, inst: Instance, uids: tuple[str, str], base: str) -> None:
+def _instance_attrs(out: _Attrs, inst: Any, uids: tuple[str, str], base: str) -> None:
     """PS3.18 Table 10.6.3-5 from the instance row."""
-    _el(ds, 0x00080016, inst.sop_class_uid, required=True)
-    _el(ds, 0x00080018, inst.sop_instance_uid, required=True)
-    _el(ds, 0x00200013, inst.instance_number, required=True)
-    _el(ds, 0x00080056, "ONLINE")
-    for tag, value in (
-        (0x00280010, inst.rows),
-        (0x00280011, inst.columns),
-        (0x00280100, inst.bits_allocated),
-        (0x00280008, inst.number_of_frames),
-    ):
-        _el(ds, tag, value)
+    put = out.put
+    put(0x00080016, inst.sop_class_uid, required=True)
+    put(0x00080018, inst.sop_instance_uid, required=True)
+    put(0x00200013, inst.instance_number, required=True)
+    put(0x00080056, "ONLINE")
+    put(0x00280010, inst.rows)
+    put(0x00280011, inst.columns)
+    put(0x00280100, inst.bits_allocated)
+    put(0x00280008, inst.number_of_frames)
     if base:
-        _el(
-            ds,
-            0x00081190,
-            f"{base}/studies/{uids[0]}/series/{uids[1]}/instances/{inst.sop_instance_uid}",
-        )
+        study, series = uids
+        put(0x00081190, f"{base}/studies/{study}/series/{series}/instances/{inst.sop_instance_uid}")
 
 
 class _Builder:
@@ -427,7 +529,7 @@ class _Builder:
         self.base = query.base_url.rstrip("/")
         self.include = {p.tags[0] for p in (*query.include, *extra)}
 
-    def build(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    def build(self, rows: Sequence[Any]) -> list[str]:
         if not rows:
             return []
         level, all_form = self.q.level, self.q.study_uid is None
@@ -438,28 +540,28 @@ class _Builder:
             counts = self._count(Instance.series_pk, pks)
         out = [self._one(row, stats, counts) for row in rows]
         self._add_included(out, [r[0].pk for r in rows])
-        return [dict(sorted(d.items())) for d in out]
+        return [object_json(attrs) for attrs in out]
 
     def _one(
         self, row: Any, stats: dict[int, tuple[int, int, list[str]]], counts: dict[int, int]
-    ) -> dict[str, Any]:
+    ) -> _Attrs:
         """One result: the level's own attributes (with its Retrieve URL) and its parents'."""
-        ds, level, st = Dataset(), self.q.level, row[-1]
+        out, level, st = _Attrs(), self.q.level, row[-1]
         if level == "instance":
-            _instance_attrs(ds, row[0], (st.study_uid, row[1].series_uid), self.base)
+            _instance_attrs(out, row[0], (st.study_uid, row[1].series_uid), self.base)
         if level != "study":
             se = row[0] if level == "series" else row[1]
-            _series_attrs(ds, se, st.study_uid, self.base if level == "series" else "")
+            _series_attrs(out, se, st.study_uid, self.base if level == "series" else "")
             if se.pk in counts:
-                _el(ds, 0x00201209, counts[se.pk], required=True)
+                out.put(0x00201209, counts[se.pk], required=True)
         if level != "series" or self.q.study_uid is None:
-            _study_attrs(ds, st, self.base if level == "study" else "")
+            _study_attrs(out, st, self.base if level == "study" else "")
         if st.pk in stats:
             n_series, n_inst, modalities = stats[st.pk]
-            _el(ds, 0x00201206, n_series, required=True)
-            _el(ds, 0x00201208, n_inst, required=True)
-            _el(ds, 0x00080061, modalities or None, required=True)
-        return ds.to_json_dict()
+            out.put(0x00201206, n_series, required=True)
+            out.put(0x00201208, n_inst, required=True)
+            out.put(0x00080061, modalities, required=True)
+        return out
 
     def _pairs(self, stmt: Select[Any, Any]) -> dict[Any, Any]:
         return {row[0]: row[1] for row in self.s.execute(stmt)}
@@ -470,14 +572,18 @@ class _Builder:
         return {pk: counts.get(pk, 0) for pk in pks}
 
     def _study_stats(self, pks: set[int]) -> dict[int, tuple[int, int, list[str]]]:
-        """Number of Study Related Series/Instances, Modalities in Study, for these studies."""
-        n_series = self._count(Series.study_pk, pks)
-        n_inst = self._count(Instance.study_pk, pks)
+        """Number of Study Related Series/Instances, Modalities in Study, for these studies: one
+        GROUP BY over their series, one over their instances."""
+        n_series: dict[int, int] = dict.fromkeys(pks, 0)
         modalities: dict[int, set[str]] = defaultdict(set)
-        stmt = select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks))
-        for pk, modality in self.s.execute(stmt.distinct()):
+        stmt = select(Series.study_pk, Series.modality, func.count()).where(
+            Series.study_pk.in_(pks)
+        )
+        for pk, modality, n in self.s.execute(stmt.group_by(Series.study_pk, Series.modality)):
+            n_series[pk] += n
             if modality:
                 modalities[pk].update(modality.split("\\"))
+        n_inst = self._count(Instance.study_pk, pks)
         return {pk: (n_series[pk], n_inst[pk], sorted(modalities[pk])) for pk in pks}
 
     def _wanted(self, key: str, present: dict[str, Any]) -> bool:
@@ -491,7 +597,7 @@ class _Builder:
             return level == 2 or (rank is not None and rank <= level)
         return tag in self.include and (rank is None or rank <= level)
 
-    def _add_included(self, out: list[dict[str, Any]], owners: list[int]) -> None:
+    def _add_included(self, out: list[_Attrs], owners: list[int]) -> None:
         """``includefield`` attributes the index lacks, from one instance's stored metadata."""
         if not (self.q.include_all or self.include - {int(k, 16) for k in out[0]}):
             return
@@ -506,7 +612,8 @@ class _Builder:
             if self.base:
                 text = absolutize_bulkdata(text, self.base)
             meta: dict[str, Any] = json.loads(text)
-            obj.update({k: v for k, v in meta.items() if self._wanted(k, obj)})
+            for key in [k for k in meta if self._wanted(k, obj)]:
+                obj.put_parsed(key, meta[key])
 
     def _representatives(self, owners: Iterable[int]) -> dict[int, int]:
         """The first instance of each study/series (the instance itself at instance level)."""
@@ -517,4 +624,13 @@ class _Builder:
         return self._pairs(select(col, func.min(Instance.pk)).where(col.in_(ids)).group_by(col))
 
 
-__all__ = ["KEYS", "Level", "Query", "QueryResult", "execute_query"]
+__all__ = [
+    "INDEX_VR",
+    "KEYS",
+    "Level",
+    "Query",
+    "QueryResult",
+    "element_json",
+    "execute_query",
+    "object_json",
+]

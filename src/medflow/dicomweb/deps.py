@@ -1,4 +1,7 @@
-"""FastAPI dependencies of the DICOMweb edge (``Annotated`` style, DESIGN.md)."""
+"""FastAPI dependencies of the DICOMweb edge (``Annotated`` style, DESIGN.md).
+
+They are ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, a hop that costs
+more than these lookups themselves."""
 
 from __future__ import annotations
 
@@ -12,20 +15,20 @@ from medflow.store.service import StoreService
 PREFIX = "/dicomweb"
 
 
-def get_store(request: Request) -> StoreService:
+async def get_store(request: Request) -> StoreService:
     store: StoreService = request.app.state.store
     return store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def dicomweb_base_url(request: Request) -> str:
+async def dicomweb_base_url(request: Request) -> str:
     """Absolute DICOMweb root (no trailing slash): ``MEDFLOW_PUBLIC_URL`` if set, else the
     request's own base URL, so Location headers and BulkDataURIs are absolute (PS3.18 §8.6)."""
-    settings = get_settings(request)
+    settings: Settings = request.app.state.settings
     base = settings.public_url or str(request.base_url)
     return base.rstrip("/") + PREFIX
 

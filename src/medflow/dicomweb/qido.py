@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import InvalidInput
@@ -33,10 +33,9 @@ from medflow.dicom.matching import (
     parse_match,
 )
 from medflow.dicom.multipart import parse_accept
-from medflow.dicomweb.deps import dicomweb_base_url, get_store
+from medflow.dicomweb.deps import BaseUrlDep, StoreDep
 from medflow.dicomweb.errors import DicomwebRoute, NotAcceptable
 from medflow.store.query import Level, Query, QueryResult
-from medflow.store.service import StoreService
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=DicomwebRoute, tags=["QIDO-RS"])
@@ -76,16 +75,7 @@ SERIES = Annotated[str, Path(description="Series Instance UID")]
 # FastAPI runs a plain ``def`` dependency in the thread pool: ``deps.StoreDep`` and
 # ``deps.BaseUrlDep`` cost two thread hops per request for two attribute reads. These do the same
 # on the event loop; the search itself is the one hop (``run_in_threadpool``) a search makes.
-async def _store(request: Request) -> StoreService:
-    return get_store(request)
 
-
-async def _base_url(request: Request) -> str:
-    return dicomweb_base_url(request)
-
-
-StoreDep = Annotated[StoreService, Depends(_store)]
-BaseUrlDep = Annotated[str, Depends(_base_url)]
 
 
 @dataclass

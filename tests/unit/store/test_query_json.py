@@ -19,11 +19,11 @@ from pydicom.dataset import Dataset
 
 from medflow.store.query import (
     INDEX_VR,
+    Attrs,
     QueryResult,
-    _Attrs,
-    _series_attrs,
     element_json,
     object_json,
+    series_attrs,
 )
 
 TEXT = [
@@ -146,7 +146,7 @@ def test_lists_of_strings_match_pydicom(value: list[str]) -> None:
 
 
 def test_put_leaves_out_unknown_optional_values_and_keeps_required_ones_empty() -> None:
-    attrs = _Attrs()
+    attrs = Attrs()
     attrs.put(0x00080201, "+0100")
     attrs.put(0x00080201, None)  # an unknown optional value replaces nothing
     attrs.put(0x00081030, "")
@@ -160,7 +160,7 @@ def test_put_leaves_out_unknown_optional_values_and_keeps_required_ones_empty() 
 
 
 def test_an_object_is_in_tag_order_with_stored_attributes_passed_through() -> None:
-    attrs = _Attrs()
+    attrs = Attrs()
     attrs.put(0x0020000D, "1.2.3")
     attrs.put(0x00100010, "Doe^John")
     stored = {"vr": "DS", "Value": [1024.0, -0.5]}
@@ -204,8 +204,8 @@ def test_series_attributes_with_a_request_attributes_item_match_pydicom(
         requested_procedure_id=rp,
         timezone_offset="-0500",
     )
-    attrs = _Attrs()
-    _series_attrs(attrs, se, "1.2.3", "https://pacs/dicomweb")
+    attrs = Attrs()
+    series_attrs(attrs, se, "1.2.3", "https://pacs/dicomweb")
 
     ds = Dataset()
     ds.Modality = ["CT", "PT"]

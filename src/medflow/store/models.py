@@ -64,10 +64,15 @@ Index(
 
 class Series(Base):
     __tablename__ = "series"
-    __table_args__ = (Index("ix_series_modality_study", "modality", "study_pk"),)
+    __table_args__ = (
+        # ModalitiesInStudy matching walks studies and probes (modality, study_pk); the page's
+        # series counts and modalities read (study_pk, modality) without touching the table.
+        Index("ix_series_modality_study", "modality", "study_pk"),
+        Index("ix_series_study_modality", "study_pk", "modality"),
+    )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
-    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"))
     series_uid: Mapped[str] = mapped_column(String(64), unique=True)
     modality: Mapped[str | None] = mapped_column(CodeString(64))
     series_number: Mapped[int | None] = mapped_column(Integer)

@@ -1,8 +1,8 @@
 """archive index
 
-Revision ID: 1d601d875caf
+Revision ID: 7848bbf73aec
 Revises:
-Create Date: 2026-11-22 18:14:58.113451
+Create Date: 2026-11-22 18:43:14.038725
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "1d601d875caf"
+revision = "7848bbf73aec"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -108,7 +108,7 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_study_study_date"), ["study_date"], unique=False)
 
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_bind().dialect.name == "postgresql":  # SQLite has no NULLS LAST in indexes
         op.create_index(
             "ix_study_date_desc_pk",
             "study",
@@ -189,7 +189,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("series", schema=None) as batch_op:
         batch_op.create_index("ix_series_modality_study", ["modality", "study_pk"], unique=False)
-        batch_op.create_index(batch_op.f("ix_series_study_pk"), ["study_pk"], unique=False)
+        batch_op.create_index("ix_series_study_modality", ["study_pk", "modality"], unique=False)
 
     op.create_table(
         "instance",
@@ -252,7 +252,7 @@ def downgrade() -> None:
 
     op.drop_table("instance")
     with op.batch_alter_table("series", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_series_study_pk"))
+        batch_op.drop_index("ix_series_study_modality")
         batch_op.drop_index("ix_series_modality_study")
 
     op.drop_table("series")
@@ -265,10 +265,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_study_study_date"))
         batch_op.drop_index(batch_op.f("ix_study_patient_name_search"))
         batch_op.drop_index(batch_op.f("ix_study_patient_id"))
-        if op.get_bind().dialect.name == "postgresql":
-            batch_op.drop_index("ix_study_date_desc_pk")
         batch_op.drop_index(batch_op.f("ix_study_accession_number"))
 
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_study_date_desc_pk", table_name="study")
     op.drop_table("study")
     with op.batch_alter_table("change_feed", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_change_feed_timestamp"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -130,11 +130,24 @@ class FrameInfo:
         return (self.frame_bits + 7) // 8
 
 
-def read_header(fp: BinaryIO) -> Dataset:
-    """The data set up to (not including) Pixel Data, with file meta; ``fp`` is rewound."""
+FRAME_TAGS = (
+    0x00280002,  # SamplesPerPixel
+    0x00280004,  # PhotometricInterpretation
+    0x00280008,  # NumberOfFrames
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280100,  # BitsAllocated
+)
+"""What ``frame_info`` reads from a header (``read_header(fp, tags=FRAME_TAGS)``)."""
+
+
+def read_header(fp: BinaryIO, *, tags: Sequence[int] | None = None) -> Dataset:
+    """The data set up to (not including) Pixel Data, with file meta; ``fp`` is rewound.
+    With ``tags``, only those elements are kept (the others are skipped, not decoded)."""
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True,
+                             specific_tags=list(tags) if tags else None)
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise Unsupported(f"stored object cannot be parsed: {type(exc).__name__}") from exc
     finally:
@@ -167,6 +180,44 @@ def frame_info(header: Dataset, *, pixel_data_offset: int | None,
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise Unsupported("the Image Pixel Module attributes are malformed") from exc
+
+
+def indexed_frame_info(*, transfer_syntax_uid: str, rows: int | None, columns: int | None,
+                       bits_allocated: int | None, number_of_frames: int | None,
+                       pixel_data_offset: int | None,
+                       pixel_data_length: int | None) -> FrameInfo | None:
+    """Frame geometry of native pixel data from indexed values alone (no header read), or
+    None when they do not settle it and the header has to be read (``frame_info``).
+
+    Samples per pixel are not indexed: they are inferred from the Pixel Data length, which
+    must be exactly that of 1 or of 3 samples (``NumberOfFrames`` x ``Rows`` x ``Columns`` x
+    samples x ``BitsAllocated`` / 8, padded to even). Anything else — encapsulated, deflated
+    or bit-packed pixel data, YBR_FULL_422 (two samples' worth), an undefined or inconsistent
+    length, a missing value — is None. The photometric interpretation is left empty: for
+    native data other than YBR_FULL_422 it does not change the frame size."""
+    if (transfer_syntax_uid not in NATIVE_SYNTAXES or transfer_syntax_uid == DEFLATED_LE
+            or pixel_data_offset is None or not pixel_data_length or not rows or not columns
+            or bits_allocated not in (8, 16, 32, 64)):
+        return None
+    frames = max(number_of_frames or 1, 1)
+    matches = []
+    for samples in (1, 3):
+        size = frames * rows * columns * samples * bits_allocated // 8
+        if size + size % 2 == pixel_data_length:
+            matches.append(samples)
+    if len(matches) != 1:
+        return None
+    return FrameInfo(
+        transfer_syntax_uid=transfer_syntax_uid,
+        number_of_frames=frames,
+        rows=rows,
+        columns=columns,
+        samples_per_pixel=matches[0],
+        bits_allocated=bits_allocated,
+        photometric_interpretation="",
+        pixel_data_offset=pixel_data_offset,
+        pixel_data_length=pixel_data_length,
+    )
 
 
 def check_frame_numbers(numbers: list[int], info: FrameInfo) -> None:
@@ -399,6 +450,7 @@ def transcode_to_explicit_le(fp: BinaryIO) -> bytes:
 __all__ = [
     "COMPRESSED_MEDIA_TYPES",
     "EXPLICIT_LE",
+    "FRAME_TAGS",
     "OCTET_STREAM",
     "FrameInfo",
     "FrameMode",
@@ -410,6 +462,7 @@ __all__ = [
     "frame_info",
     "frame_mode",
     "has_pixel_data",
+    "indexed_frame_info",
     "iter_frames",
     "media_type_of",
     "parse_frame_list",

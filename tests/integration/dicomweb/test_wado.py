@@ -21,7 +21,7 @@ from medflow.core.settings import BlobSettings
 from medflow.dicom.multipart import parse_media_type
 from medflow.store.service import StoreService
 from medflow.store.spool import SpoolWriter
-from tests.factories import make_instance, store_datasets
+from tests.factories import make_instance, store_datasets, to_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -525,12 +525,61 @@ def test_monochrome1_is_inverted(client: TestClient, store: StoreService) -> Non
 
 
 # ------------------------------------------------------------------------------------------
+# Streaming: batches, large instances and large frame requests
+# ------------------------------------------------------------------------------------------
+def test_large_instances_and_frame_requests_stream_in_pieces(
+    client: TestClient, store: StoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the buffer caps the same bytes come in pieces: instances in chunks, frames in
+    batches with the instance held open."""
+    from medflow.dicomweb import wado_frames, wado_stream
+
+    monkeypatch.setattr(wado_stream, "READ_CAP", 4000)
+    monkeypatch.setattr(wado_stream, "CHUNK", 1000)
+    monkeypatch.setattr(wado_stream, "BATCH_BYTES", 3000)
+    monkeypatch.setattr(wado_frames, "FRAME_BUDGET", 700)
+    study, series = generate_uid(), generate_uid()
+    dss = [make_instance(study_uid=study, series_uid=series, instance_number=i, rows=r,
+                         columns=r, frames=f)
+           for i, (r, f) in enumerate([(8, 1), (32, 3), (8, 1), (16, 2)], start=1)]
+    store_datasets(store, dss)
+    stored = [to_bytes(ds) for ds in dss]
+    assert len(stored[1]) > 4000 > len(stored[0])
+    for accept in (DICOM_MP + "; transfer-syntax=*", None):
+        r = client.get(f"/dicomweb/studies/{study}", headers={"Accept": accept} if accept else {})
+        assert r.status_code == 200
+        assert [sha(b) for _, b in parts_of(r)] == [sha(b) for b in stored]
+    big = dss[1]
+    r = client.get(url(big), headers={"Accept": DICOM_MP + "; transfer-syntax=*"})
+    (headers, body), = parts_of(r)
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={ELE}"
+    assert body == stored[1]
+    r = client.get(url(big), headers={"Accept": "application/dicom"})
+    assert r.headers["content-type"] == f"application/dicom; transfer-syntax={ELE}"
+    assert r.content == stored[1]
+    arr = big.pixel_array
+    for path in ("/frames/3,1,2,3", "/bulkdata/7FE00010"):
+        r = client.get(url(big, path), headers={"Accept": OHIF_FRAMES})
+        assert r.status_code == 200, r.text
+        frames = [arr[2], arr[0], arr[1], arr[2]] if "frames" in path else list(arr)
+        assert [b for _, b in parts_of(r)] == [f.tobytes() for f in frames]
+
+
+# ------------------------------------------------------------------------------------------
 # S3 blobs and a real client over a real server
 # ------------------------------------------------------------------------------------------
 class TestOverS3:
     @pytest.fixture
     def blob_settings(self, s3_blob_settings: BlobSettings) -> BlobSettings:
         return s3_blob_settings
+
+    def test_retrieve_study_as_stored(self, client: TestClient, store: StoreService) -> None:
+        study = generate_uid()
+        dss = [make_instance(study_uid=study, instance_number=i) for i in (1, 2)]
+        store_datasets(store, dss)
+        r = client.get(f"/dicomweb/studies/{study}",
+                       headers={"Accept": DICOM_MP + "; transfer-syntax=*"})
+        assert [b for _, b in parts_of(r)] == [to_bytes(ds) for ds in dss]
 
     def test_retrieve_frames_and_rendered(self, client: TestClient, store: StoreService) -> None:
         ct, rle = store_files(store, ["CT_small.dcm", "SC_rgb_rle_2frame.dcm"])

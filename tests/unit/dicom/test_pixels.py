@@ -282,3 +282,69 @@ def test_render_decoding_failure_is_unsupported() -> None:
     ds["PixelData"].VR = "OB"
     with pytest.raises(Unsupported, match="cannot be decoded"):
         render(to_bytes(ds), rendering.RenderOptions())
+
+
+# ------------------------------------------------------------------------------------------
+# Frame geometry from the index (no header read)
+# ------------------------------------------------------------------------------------------
+def _indexed(data: bytes) -> pixels.FrameInfo | None:
+    parsed = read_part10(io.BytesIO(data), size=len(data))
+    a = parsed.attrs
+    return pixels.indexed_frame_info(
+        transfer_syntax_uid=parsed.transfer_syntax_uid, rows=a["Rows"], columns=a["Columns"],
+        bits_allocated=a["BitsAllocated"], number_of_frames=a["NumberOfFrames"],
+        pixel_data_offset=parsed.pixel_data_offset, pixel_data_length=parsed.pixel_data_length)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_bigendian.dcm", "SC_rgb_small_odd.dcm",
+                                  "SC_rgb_small_odd_big_endian.dcm", "examples_rgb_color.dcm",
+                                  "rtdose.dcm", "rtdose_expb.dcm"])
+def test_indexed_frame_info_gives_the_same_frames_as_the_header(name: str) -> None:
+    data = data_bytes(name)
+    fp, _, from_header = open_info(data)
+    info = _indexed(data)
+    assert info is not None
+    assert info.frame_size == from_header.frame_size
+    assert info.number_of_frames == from_header.number_of_frames
+    numbers = list(range(1, info.number_of_frames + 1))
+    assert list(pixels.iter_frames(fp, info, numbers, as_stored=False)) == list(
+        pixels.iter_frames(fp, from_header, numbers, as_stored=False))
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "SC_rgb_rle.dcm", "image_dfl.dcm",
+                                  "liver_1frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
+                                  "MR_small_padded.dcm"])
+def test_indexed_frame_info_leaves_the_rest_to_the_header(name: str) -> None:
+    """Encapsulated, deflated, bit-packed (BitsAllocated 1) and YBR_FULL_422 pixel data, and
+    a Pixel Data value longer than its frames, need the header."""
+    assert _indexed(data_bytes(name)) is None
+
+
+def test_indexed_frame_info_needs_a_consistent_length() -> None:
+    base = {"transfer_syntax_uid": ELE, "rows": 4, "columns": 3, "bits_allocated": 8,
+            "number_of_frames": None, "pixel_data_offset": 100}
+    mono = pixels.indexed_frame_info(**base, pixel_data_length=12)
+    assert mono is not None and mono.samples_per_pixel == 1 and mono.number_of_frames == 1
+    rgb = pixels.indexed_frame_info(**base, pixel_data_length=36)
+    assert rgb is not None and rgb.samples_per_pixel == 3 and rgb.frame_size == 36
+    odd = dict(base, rows=3, columns=3)
+    assert pixels.indexed_frame_info(**odd, pixel_data_length=10) is not None  # 9, padded
+    assert pixels.indexed_frame_info(**base, pixel_data_length=24) is None  # YBR_FULL_422
+    assert pixels.indexed_frame_info(**base, pixel_data_length=13) is None
+    assert pixels.indexed_frame_info(**base, pixel_data_length=None) is None  # undefined
+    assert pixels.indexed_frame_info(**dict(base, rows=None), pixel_data_length=12) is None
+    assert pixels.indexed_frame_info(**dict(base, bits_allocated=1),
+                                     pixel_data_length=2) is None
+    three = pixels.indexed_frame_info(**dict(base, number_of_frames=3), pixel_data_length=36)
+    assert three is not None and three.number_of_frames == 3 and three.samples_per_pixel == 1
+    # 1 frame of 3 samples or 3 frames of 1 sample: the indexed frame count decides
+    assert pixels.indexed_frame_info(**dict(base, number_of_frames=0),
+                                     pixel_data_length=36).samples_per_pixel == 3  # type: ignore[union-attr]
+
+
+def test_read_header_with_tags_keeps_only_those() -> None:
+    header = pixels.read_header(io.BytesIO(data_bytes("CT_small.dcm")), tags=pixels.FRAME_TAGS)
+    assert header.Rows == 128 and header.Columns == 128
+    assert "PatientName" not in header
+    assert str(header.file_meta.TransferSyntaxUID) == ELE

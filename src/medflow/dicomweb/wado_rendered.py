@@ -1,0 +1,248 @@
+"""WADO-RS rendered and thumbnail resources (PS3.18 §10.4.1.1.3, §8.3.5, §8.7.4):
+``image/jpeg`` (default), ``image/png``, ``image/gif``; ``window``, ``viewport``, ``quality``;
+also the ``accept`` query parameter (§8.3.3.1). An instance renders its first frame (only that
+frame is decoded); a rendered study or series is a ``multipart/related`` of its rendered image
+instances (first frame each); a frame list of more than one frame is multipart too. A thumbnail
+is one image: for a study or series the middle image instance of its first series with images,
+at most 128 pixels a side unless a viewport is given. Objects without pixel data are 406.
+
+A single image takes one worker-thread hop (index lookup, decoding, rendering); a multipart
+response renders one image per hop as it streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from medflow.core.errors import MedflowError, Unsupported
+from medflow.dicom import pixels, rendering
+from medflow.dicom.multipart import CRLF, multipart_content_type, new_boundary, parse_accept
+from medflow.dicomweb.deps import StoreDep
+from medflow.dicomweb.errors import DicomwebRoute, NotAcceptable
+from medflow.dicomweb.wado_common import (
+    FRAMES,
+    INSTANCE,
+    MULTIPART,
+    SERIES,
+    STUDY,
+    closing,
+    dash_of,
+    one_record,
+    part_head,
+)
+from medflow.store.records import InstanceRecord
+from medflow.store.service import StoreService
+
+log = logging.getLogger(__name__)
+router = APIRouter(route_class=DicomwebRoute, tags=["WADO-RS"])
+
+
+def _rendered_type(request: Request) -> str:
+    """The rendered media type: the ``accept`` query parameter (PS3.18 §8.3.3.1), else the
+    Accept header; JPEG for ``*/*`` and ``image/*``."""
+    query = request.query_params.get("accept")
+    accept = query if query is not None else request.headers.get("accept")
+    for media in parse_accept(accept):
+        kind = (media.param("type") or "image/jpeg").lower() if media.type == MULTIPART \
+            else media.type
+        if kind in rendering.RENDERED_MEDIA_TYPES:
+            return kind
+        if kind in ("*/*", "image/*", "multipart/*"):
+            return "image/jpeg"
+    raise NotAcceptable("rendered images are available as " +
+                        ", ".join(rendering.RENDERED_MEDIA_TYPES))
+
+
+def _render_options(request: Request, *, thumbnail: bool) -> rendering.RenderOptions:
+    q = request.query_params
+    return rendering.RenderOptions(
+        media_type=_rendered_type(request),
+        window=rendering.parse_window(q.get("window")),
+        viewport=rendering.parse_viewport(q.get("viewport")),
+        quality=rendering.parse_quality(q.get("quality")),
+        max_side=rendering.THUMBNAIL_SIDE if thumbnail else None,
+    )
+
+
+Options = rendering.RenderOptions | MedflowError
+"""Render options, or the error they raised: it is raised after the index lookup, so that an
+unknown instance is 404 whatever the parameters."""
+
+
+def _options(request: Request, *, thumbnail: bool) -> Options:
+    try:
+        return _render_options(request, thumbnail=thumbnail)
+    except MedflowError as exc:
+        return exc
+
+
+def _checked(opts: Options) -> rendering.RenderOptions:
+    if isinstance(opts, MedflowError):
+        raise opts
+    return opts
+
+
+def _is_image(record: InstanceRecord) -> bool:
+    return record.rows is not None and record.pixel_data_offset is not None
+
+
+def _render(store: StoreService, record: InstanceRecord, number: int,
+            opts: rendering.RenderOptions) -> bytes:
+    """One frame of one instance rendered; 404 for a missing frame, 406 when it cannot be."""
+    if not _is_image(record):
+        raise NotAcceptable("the instance has no pixel data and cannot be rendered as an image")
+    with store.open_instance(record) as fp:
+        header = pixels.read_header(fp)
+        try:
+            info = pixels.frame_info(header, pixel_data_offset=record.pixel_data_offset,
+                                     pixel_data_length=record.pixel_data_length)
+        except Unsupported as exc:
+            raise NotAcceptable(exc.message) from exc
+        pixels.check_frame_numbers([number], info)
+        if info.transfer_syntax_uid in pixels.VIDEO_SYNTAXES:
+            raise NotAcceptable("video cannot be rendered as a still image")
+        try:
+            return rendering.render_frame(fp, header, number, opts)
+        except Unsupported as exc:
+            raise NotAcceptable(exc.message) from exc
+
+
+def _render_logged(store: StoreService, record: InstanceRecord, number: int,
+                   opts: rendering.RenderOptions) -> bytes | None:
+    try:
+        return _render(store, record, number, opts)
+    except MedflowError as exc:
+        log.warning("image omitted from the rendered response: %s", exc.message)
+        return None
+
+
+async def _rendered_body(store: StoreService, jobs: list[tuple[InstanceRecord, int]],
+                         opts: rendering.RenderOptions, dash: bytes) -> AsyncIterator[bytes]:
+    head = part_head(dash, opts.media_type)
+    for record, number in jobs:
+        data = await run_in_threadpool(_render_logged, store, record, number, opts)
+        if data is not None:
+            yield b"".join((head, data, CRLF))
+    yield closing(dash)
+
+
+def _multipart_rendered(store: StoreService, jobs: list[tuple[InstanceRecord, int]],
+                        opts: rendering.RenderOptions) -> Response:
+    boundary = new_boundary()
+    return StreamingResponse(
+        _rendered_body(store, jobs, opts, dash_of(boundary)),
+        media_type=multipart_content_type(opts.media_type, boundary),
+    )
+
+
+async def _rendered_many(request: Request, store: StoreService, study: str,
+                         series: str | None) -> Response:
+    opts = _render_options(request, thumbnail=False)
+    records = await run_in_threadpool(store.find_instances, study_uid=study, series_uid=series)
+    images = [r for r in records if _is_image(r)]
+    if not images:
+        raise NotAcceptable("no instance has pixel data to render")
+    return _multipart_rendered(store, [(r, 1) for r in images], opts)
+
+
+def _render_instance(store: StoreService, study: str, series: str, instance: str,
+                     number: int, opts: Options) -> bytes:
+    record = one_record(store, study, series, instance)
+    return _render(store, record, number, _checked(opts))
+
+
+def _representative(records: list[InstanceRecord]) -> InstanceRecord:
+    """The middle image instance of the first series that has images."""
+    images = [r for r in records if _is_image(r)]
+    if not images:
+        raise NotAcceptable("no instance has pixel data for a thumbnail")
+    first_series = [r for r in images if r.series_uid == images[0].series_uid]
+    return first_series[(len(first_series) - 1) // 2]
+
+
+def _render_representative(store: StoreService, study: str, series: str | None,
+                           opts: Options) -> bytes:
+    records = store.find_instances(study_uid=study, series_uid=series)
+    return _render(store, _representative(records), 1, _checked(opts))
+
+
+@router.get("/studies/{study}/rendered", summary="Retrieve a rendered study (WADO-RS)")
+async def rendered_study(request: Request, store: StoreDep, study: STUDY) -> Response:
+    return await _rendered_many(request, store, study, None)
+
+
+@router.get("/studies/{study}/series/{series}/rendered",
+            summary="Retrieve a rendered series (WADO-RS)")
+async def rendered_series(request: Request, store: StoreDep, study: STUDY,
+                          series: SERIES) -> Response:
+    return await _rendered_many(request, store, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
+            summary="Retrieve a rendered instance (first frame) (WADO-RS)")
+async def rendered_instance(request: Request, store: StoreDep, study: STUDY, series: SERIES,
+                            instance: INSTANCE) -> Response:
+    opts = _options(request, thumbnail=False)
+    data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
+    return Response(data, media_type=_checked(opts).media_type)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            summary="Retrieve rendered frames (WADO-RS)")
+async def rendered_frames(request: Request, store: StoreDep, study: STUDY, series: SERIES,
+                          instance: INSTANCE, frames: FRAMES) -> Response:
+    numbers = pixels.parse_frame_list(frames)
+    if len(numbers) == 1:
+        opts = _options(request, thumbnail=False)
+        data = await run_in_threadpool(_render_instance, store, study, series, instance,
+                                       numbers[0], opts)
+        return Response(data, media_type=_checked(opts).media_type)
+    record = await run_in_threadpool(one_record, store, study, series, instance)
+    opts = _render_options(request, thumbnail=False)
+    first = await run_in_threadpool(_render, store, record, max(numbers), opts)
+    del first  # validates the frame numbers and the decoding before streaming
+    return _multipart_rendered(store, [(record, n) for n in numbers], opts)
+
+
+@router.get("/studies/{study}/thumbnail", summary="Retrieve a study thumbnail (WADO-RS)")
+async def thumbnail_study(request: Request, store: StoreDep, study: STUDY) -> Response:
+    opts = _options(request, thumbnail=True)
+    data = await run_in_threadpool(_render_representative, store, study, None, opts)
+    return Response(data, media_type=_checked(opts).media_type)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail",
+            summary="Retrieve a series thumbnail (WADO-RS)")
+async def thumbnail_series(request: Request, store: StoreDep, study: STUDY,
+                           series: SERIES) -> Response:
+    opts = _options(request, thumbnail=True)
+    data = await run_in_threadpool(_render_representative, store, study, series, opts)
+    return Response(data, media_type=_checked(opts).media_type)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            summary="Retrieve an instance thumbnail (WADO-RS)")
+async def thumbnail_instance(request: Request, store: StoreDep, study: STUDY, series: SERIES,
+                             instance: INSTANCE) -> Response:
+    opts = _options(request, thumbnail=True)
+    data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
+    return Response(data, media_type=_checked(opts).media_type)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+            summary="Retrieve a frame thumbnail (WADO-RS)")
+async def thumbnail_frames(request: Request, store: StoreDep, study: STUDY, series: SERIES,
+                           instance: INSTANCE, frames: FRAMES) -> Response:
+    numbers = pixels.parse_frame_list(frames)
+    opts = _options(request, thumbnail=True)
+    data = await run_in_threadpool(_render_instance, store, study, series, instance,
+                                   numbers[0], opts)
+    return Response(data, media_type=_checked(opts).media_type)
+
+
+__all__ = ["router"]

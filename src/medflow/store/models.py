@@ -57,9 +57,9 @@ class Study(Base):
 
 # The default QIDO order (newest first, undated last, then pk) straight from an index on
 # PostgreSQL; SQLite walks ix_study_study_date backwards (it has no NULLS LAST in indexes).
-Index(
-    "ix_study_date_desc_pk", Study.study_date.desc().nulls_last(), Study.pk.desc()
-).ddl_if(dialect="postgresql")
+Index("ix_study_date_desc_pk", Study.study_date.desc().nulls_last(), Study.pk.desc()).ddl_if(
+    dialect="postgresql"
+)
 
 
 class Series(Base):

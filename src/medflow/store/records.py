@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
-from medflow.store.models import Instance
+from medflow.store.models import Instance, Series, Study
 
 
 @dataclass(frozen=True)
@@ -27,24 +28,19 @@ class InstanceRecord:
     pixel_data_length: int | None
 
     @classmethod
-    def of(cls, row: Instance, study_uid: str, series_uid: str) -> InstanceRecord:
-        return cls(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_instance_uid=row.sop_instance_uid,
-            sop_class_uid=row.sop_class_uid,
-            transfer_syntax_uid=row.transfer_syntax_uid,
-            size=row.size,
-            sha256=row.sha256,
-            blob_key=row.blob_key,
-            instance_number=row.instance_number,
-            rows=row.rows,
-            columns=row.columns,
-            bits_allocated=row.bits_allocated,
-            number_of_frames=row.number_of_frames,
-            pixel_data_offset=row.pixel_data_offset,
-            pixel_data_length=row.pixel_data_length,
-        )
+    def index_columns(cls) -> list[Any]:
+        """The index columns a record is made of (no ORM object, no ``metadata_json``)."""
+        return [Study.study_uid, Series.series_uid] + [
+            getattr(Instance, f.name) for f in fields(cls) if f.name not in _PARENT_UIDS
+        ]
+
+    @classmethod
+    def from_row(cls, row: Any) -> InstanceRecord:
+        """A record from a row of ``index_columns()``."""
+        return cls(*row)
+
+
+_PARENT_UIDS = frozenset({"study_uid", "series_uid"})
 
 
 @dataclass(frozen=True)

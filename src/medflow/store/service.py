@@ -221,13 +221,16 @@ class StoreService:
         """Instances of a study/series/instance in series and instance number order.
 
         Raises ``NotFound`` when nothing matches."""
-        with self.read_session() as s:
-            rows = s.execute(self._instance_query(study_uid, series_uid, sop_uid)).all()
+        query = self._instance_query(study_uid, series_uid, sop_uid).with_only_columns(
+            *InstanceRecord.index_columns()
+        )
+        with self.engine.connect() as conn:  # plain rows: no ORM state for a read path
+            rows = conn.execute(query).all()
         if not rows:
             raise NotFound(
                 "no such " + ("instance" if sop_uid else "series" if series_uid else "study")
             )
-        return [InstanceRecord.of(r[0], r[1], r[2]) for r in rows]
+        return [InstanceRecord.from_row(r) for r in rows]
 
     def metadata(
         self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

@@ -200,6 +200,7 @@ def start_medflow(
     argv = [
         *cmd, "serve", "--data-dir", str(data_dir),
         "--host", "127.0.0.1", "--port", str(port), "--dimse-port", "0", "--log-level", "warning",
+        "--workers", os.environ.get("MEDFLOW_BENCH_WORKERS", "1"),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_")}
     server.proc = _spawn(argv, log_path, env=env)

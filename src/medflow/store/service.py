@@ -13,6 +13,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,18 +72,26 @@ class StoreService:
         self.settings = settings or StoreSettings()
         self.events = events
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._sqlite_writer = threading.Lock()
+        self._cpu = threading.Lock()
 
     # -- sessions ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _write_session(self) -> Iterator[Session]:
-        conn = self.engine.connect()
-        if self.engine.dialect.name == "sqlite":
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        try:
-            with Session(bind=conn, expire_on_commit=False) as session:
-                yield session
-        finally:
-            conn.close()
+        """A session for one write transaction. On SQLite, writers of this process queue on a
+        lock first: SQLite's own busy handler sleeps in growing steps, so writers competing for
+        it lose most of their time asleep (4 concurrent STOW clients were slower than 1).
+        Other processes still meet at ``BEGIN IMMEDIATE``."""
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self._sqlite_writer if sqlite else contextlib.nullcontext():
+            conn = self.engine.connect()
+            if sqlite:
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            try:
+                with Session(bind=conn, expire_on_commit=False) as session:
+                    yield session
+            finally:
+                conn.close()
 
     def read_session(self) -> Session:
         """A session for read-only queries (used by the query module)."""
@@ -94,6 +103,12 @@ class StoreService:
     ) -> list[StoreOutcome]:
         """Store spooled Part 10 objects; one outcome per object, in order. Never raises for a
         bad object: its outcome carries the FailureReason. Spool files are consumed."""
+        with self._cpu:
+            return self._store(objects, expected_study_uid)
+
+    def _store(
+        self, objects: Sequence[SpooledObject], expected_study_uid: str | None
+    ) -> list[StoreOutcome]:
         outcomes: list[StoreOutcome | None] = [None] * len(objects)
         pending: list[Pending] = []
         try:

@@ -113,13 +113,14 @@ STUDY_COLS = [
     "patient_name_search", "patient_birth_date", "patient_sex", "study_date", "study_time",
     "accession_number", "referring_physician_name", "referring_physician_name_search", "study_id",
     "study_description", "specific_character_set", "timezone_offset", "created_at", "updated_at",
+    "num_series", "num_instances", "modalities_in_study",
 ]  # fmt: skip
 SERIES_COLS = [
     "pk", "study_pk", "series_uid", "modality", "series_number", "series_description",
     "body_part_examined", "performed_procedure_step_start_date",
     "performed_procedure_step_start_time", "scheduled_procedure_step_id",
     "requested_procedure_id", "specific_character_set", "timezone_offset", "created_at",
-    "updated_at",
+    "updated_at", "num_instances",
 ]  # fmt: skip
 INSTANCE_COLS = [
     "pk", "study_pk", "series_pk", "sop_instance_uid", "sop_class_uid", "instance_number",
@@ -128,6 +129,11 @@ INSTANCE_COLS = [
     "sha256", "blob_key", "metadata_json", "created_at", "updated_at",
 ]  # fmt: skip
 TOKEN_COLS = ["study_pk", "attr", "token"]
+
+
+def _modality(study_modality: str, series_index: int) -> str:
+    """PET studies alternate PT and CT series (PET/CT); others keep one modality."""
+    return "CT" if study_modality == "PT" and series_index % 2 else study_modality
 
 
 def _studies(n_studies: int, seed: int) -> Iterator[tuple[int, StudyInfo]]:
@@ -169,23 +175,25 @@ def load(data_dir: Path, *, n: int, seed: int, progress: bool = True) -> dict[st
     n_studies = max(1, n // (SERIES_PER_STUDY * INSTANCES_PER_SERIES))
     series_pk = inst_pk = 0
     for study_pk, info in _studies(n_studies, seed):
+        modalities = sorted({_modality(info.modality, se) for se in range(SERIES_PER_STUDY)})
         ins_study.add((
             study_pk, info.study_uid, info.patient_id, None, info.patient_name,
             search_form(info.patient_name), info.birth_date, info.sex, info.study_date,
             info.study_time, info.accession, info.referring, search_form(info.referring),
             str(study_pk), info.description, "ISO_IR 100", None, stamp, stamp,
+            SERIES_PER_STUDY, SERIES_PER_STUDY * INSTANCES_PER_SERIES, "\\".join(modalities),
         ))  # fmt: skip
         for attr, value in (("00100010", info.patient_name), ("00080090", info.referring)):
             for token in sorted(name_tokens(value)):
                 ins_tok.add((study_pk, attr, token))
         for se in range(SERIES_PER_STUDY):
             series_pk += 1
-            mod = "CT" if info.modality == "PT" and se % 2 else info.modality
+            mod = _modality(info.modality, se)
             series_uid = f"{info.study_uid}.{se + 1}"
             ins_series.add((
                 series_pk, study_pk, series_uid, mod, se + 1, f"{mod} series {se + 1}",
                 info.body_part, info.study_date, info.study_time, None, None, "ISO_IR 100",
-                None, stamp, stamp,
+                None, stamp, stamp, INSTANCES_PER_SERIES,
             ))  # fmt: skip
             sop_class = SOP_CLASS[mod]
             for k in range(INSTANCES_PER_SERIES):

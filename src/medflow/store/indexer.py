@@ -315,6 +315,7 @@ def _write_instances(
         session.execute(insert(Instance), creates)
     for series_pk, study_pk in moved:
         prune_empty(session, series_pk=series_pk, study_pk=study_pk)
+    refresh_counts(session, {*study_pks.values(), *(study_pk for _, study_pk in moved)})
     append_feed(
         session,
         [
@@ -358,6 +359,36 @@ def append_feed(session: Session, entries: Iterable[tuple[str, str, str, str]]) 
             for st, se, sop, action in entries
         ],
     )
+
+
+def refresh_counts(session: Session, study_pks: Iterable[int]) -> None:
+    """Recount Number of Study/Series Related Series/Instances and Modalities in Study for
+    these studies from the index itself (in the write transaction, so the stored counts never
+    drift from the rows; QIDO then reads them instead of counting per request)."""
+    pks = set(study_pks)
+    if not pks:
+        return
+    per_series = select(func.count()).where(Instance.series_pk == Series.pk).scalar_subquery()
+    session.execute(update(Series).where(Series.study_pk.in_(pks)).values(num_instances=per_series))
+    modalities: dict[int, set[str]] = {pk: set() for pk in pks}
+    n_series: dict[int, int] = dict.fromkeys(pks, 0)
+    for pk, modality in session.execute(
+        select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks))
+    ):
+        n_series[pk] += 1
+        if modality:
+            modalities[pk].update(m for m in modality.split("\\") if m)
+    per_study = select(func.count()).where(Instance.study_pk == Study.pk).scalar_subquery()
+    for pk in pks:
+        session.execute(
+            update(Study)
+            .where(Study.pk == pk)
+            .values(
+                num_instances=per_study,
+                num_series=n_series[pk],
+                modalities_in_study="\\".join(sorted(modalities[pk]))[:256] or None,
+            )
+        )
 
 
 def prune_empty(session: Session, *, series_pk: int, study_pk: int) -> None:

@@ -51,6 +51,12 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(String(400))
     specific_character_set: Mapped[str | None] = mapped_column(String(256))
     timezone_offset: Mapped[str | None] = mapped_column(String(32))
+    num_series: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Number of Study Related Series (0020,1206), kept by the write transaction."""
+    num_instances: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Number of Study Related Instances (0020,1208), kept by the write transaction."""
+    modalities_in_study: Mapped[str | None] = mapped_column(String(256))
+    """Modalities in Study (0008,0061), sorted, backslash-separated."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -84,6 +90,8 @@ class Series(Base):
     requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
     specific_character_set: Mapped[str | None] = mapped_column(String(256))
     timezone_offset: Mapped[str | None] = mapped_column(String(32))
+    num_instances: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Number of Series Related Instances (0020,1209), kept by the write transaction."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -381,58 +380,35 @@ class _Builder:
         if not rows:
             return []
         level, all_form = self.q.level, self.q.study_uid is None
-        stats = self._study_stats({r[-1].pk for r in rows}) if level == "study" or all_form else {}
-        counts = {}
-        if level == "series" or (level == "instance" and all_form):
-            pks = {r[1 if level == "instance" else 0].pk for r in rows}
-            counts = self._count(Instance.series_pk, pks)
-        out = [self._one(row, stats, counts) for row in rows]
+        stats = level == "study" or all_form
+        counts = level == "series" or (level == "instance" and all_form)
+        out = [self._one(row, stats=stats, counts=counts) for row in rows]
         self._add_included(out, [r[0].pk for r in rows])
         return [object_json(attrs) for attrs in out]
 
-    def _one(
-        self, row: Any, stats: dict[int, tuple[int, int, list[str]]], counts: dict[int, int]
-    ) -> Attrs:
-        """One result: the level's own attributes (with its Retrieve URL) and its parents'."""
+    def _one(self, row: Any, *, stats: bool, counts: bool) -> Attrs:
+        """One result: the level's own attributes (with its Retrieve URL) and its parents'.
+        The computed attributes (Number of ... Related ..., Modalities in Study) are the counts
+        the write transaction keeps on the study and series rows."""
         out, level, st = Attrs(), self.q.level, row[-1]
         if level == "instance":
             instance_attrs(out, row[0], (st.study_uid, row[1].series_uid), self.base)
         if level != "study":
             se = row[0] if level == "series" else row[1]
             series_attrs(out, se, st.study_uid, self.base if level == "series" else "")
-            if se.pk in counts:
-                out.put(0x00201209, counts[se.pk], required=True)
+            if counts:
+                out.put(0x00201209, se.num_instances, required=True)
         if level != "series" or self.q.study_uid is None:
             study_attrs(out, st, self.base if level == "study" else "")
-        if st.pk in stats:
-            n_series, n_inst, modalities = stats[st.pk]
-            out.put(0x00201206, n_series, required=True)
-            out.put(0x00201208, n_inst, required=True)
+        if stats:
+            out.put(0x00201206, st.num_series, required=True)
+            out.put(0x00201208, st.num_instances, required=True)
+            modalities = st.modalities_in_study.split("\\") if st.modalities_in_study else []
             out.put(0x00080061, modalities, required=True)
         return out
 
     def _pairs(self, stmt: Select[Any, Any]) -> dict[Any, Any]:
         return {row[0]: row[1] for row in self.s.execute(stmt)}
-
-    def _count(self, col: InstrumentedAttribute[int], pks: set[int]) -> dict[int, int]:
-        """Rows per parent key, for these parents only (GROUP BY over the page)."""
-        counts = self._pairs(select(col, func.count()).where(col.in_(pks)).group_by(col))
-        return {pk: counts.get(pk, 0) for pk in pks}
-
-    def _study_stats(self, pks: set[int]) -> dict[int, tuple[int, int, list[str]]]:
-        """Number of Study Related Series/Instances, Modalities in Study, for these studies: one
-        GROUP BY over their series, one over their instances."""
-        n_series: dict[int, int] = dict.fromkeys(pks, 0)
-        modalities: dict[int, set[str]] = defaultdict(set)
-        stmt = select(Series.study_pk, Series.modality, func.count()).where(
-            Series.study_pk.in_(pks)
-        )
-        for pk, modality, n in self.s.execute(stmt.group_by(Series.study_pk, Series.modality)):
-            n_series[pk] += n
-            if modality:
-                modalities[pk].update(modality.split("\\"))
-        n_inst = self._count(Instance.study_pk, pks)
-        return {pk: (n_series[pk], n_inst[pk], sorted(modalities[pk])) for pk in pks}
 
     def _wanted(self, key: str, present: dict[str, Any]) -> bool:
         """Whether an attribute of the stored metadata goes into a result of this level

@@ -35,6 +35,7 @@ from medflow.store.indexer import (
     index_batch,
     lock_change_feed,
     prune_empty,
+    refresh_counts,
 )
 from medflow.store.models import ChangeFeedEntry, Instance, Series, Study
 from medflow.store.query import Query, QueryResult, execute_query
@@ -312,6 +313,7 @@ class StoreService:
             )
             for series_pk, study_pk in parents:
                 prune_empty(session, series_pk=series_pk, study_pk=study_pk)
+            refresh_counts(session, {study_pk for _, study_pk in parents})
             session.commit()
         for key in keys:
             self._delete_blob(key)

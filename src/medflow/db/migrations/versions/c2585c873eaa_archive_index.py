@@ -1,8 +1,8 @@
 """archive index
 
-Revision ID: 7848bbf73aec
+Revision ID: c2585c873eaa
 Revises:
-Create Date: 2026-11-22 18:43:14.038725
+Create Date: 2026-11-22 19:05:16.883449
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "7848bbf73aec"
+revision = "c2585c873eaa"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -93,6 +93,9 @@ def upgrade() -> None:
         sa.Column("study_description", sa.String(length=400), nullable=True),
         sa.Column("specific_character_set", sa.String(length=256), nullable=True),
         sa.Column("timezone_offset", sa.String(length=32), nullable=True),
+        sa.Column("num_series", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("num_instances", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("modalities_in_study", sa.String(length=256), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_study")),
@@ -179,6 +182,7 @@ def upgrade() -> None:
         sa.Column("requested_procedure_id", sa.String(length=64), nullable=True),
         sa.Column("specific_character_set", sa.String(length=256), nullable=True),
         sa.Column("timezone_offset", sa.String(length=32), nullable=True),
+        sa.Column("num_instances", sa.Integer(), server_default="0", nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

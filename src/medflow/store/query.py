@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select, true
 from sqlalchemy.orm import Bundle, InstrumentedAttribute, Session, aliased
 
 from medflow.dicom.attributes import absolutize_bulkdata, search_form
@@ -188,13 +188,25 @@ def _conditions(
 
 
 def _condition(match: Match, key: Key, dialect: str, fuzzy: bool) -> ColumnElement[bool]:
-    if match.tag == MODALITIES_IN_STUDY:  # any series of the study; an alias, as the outer
-        other = aliased(Series)  # query may select from series itself
-        inner = _value_condition(match, Key("study", other.modality), dialect)
-        return exists().where(other.study_pk == Study.pk, inner)
+    if match.tag == MODALITIES_IN_STUDY:
+        return _modalities_in_study(match, dialect)
     if key.kind == "pn" and fuzzy:
         return _fuzzy(match, dialect)
     return _value_condition(match, key, dialect)
+
+
+def _modalities_in_study(match: Match, dialect: str) -> ColumnElement[bool]:
+    """Any series of the study has the modality. Exact values and lists test the study's own
+    Modalities in Study (kept by the write transaction, ``\\``-delimited): no probe of the
+    series table per study while walking studies in date order. Wildcards probe the series."""
+    values = match.values if match.type is MatchType.LIST else (match.value,)
+    if match.type in (MatchType.SINGLE, MatchType.LIST) and not any("\\" in v for v in values):
+        padded = literal("\\") + func.coalesce(Study.modalities_in_study, "") + literal("\\")
+        find = func.instr if dialect == "sqlite" else func.strpos  # both case-sensitive
+        return or_(*(find(padded, f"\\{v}\\") > 0 for v in values))
+    other = aliased(Series)  # an alias: the outer query may select from series itself
+    inner = _value_condition(match, Key("study", other.modality), dialect)
+    return exists().where(other.study_pk == Study.pk, inner)
 
 
 def _value_condition(match: Match, key: Key, dialect: str) -> ColumnElement[bool]:

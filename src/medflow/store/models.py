@@ -66,6 +66,9 @@ class Study(Base):
 Index("ix_study_date_desc_pk", Study.study_date.desc().nulls_last(), Study.pk.desc()).ddl_if(
     dialect="postgresql"
 )
+# ModalitiesInStudy walks studies in QIDO order (date, pk) testing modalities_in_study: from
+# this index alone, without fetching each study row.
+Index("ix_study_date_pk_modalities", Study.study_date, Study.pk, Study.modalities_in_study)
 
 
 class Series(Base):

@@ -1,8 +1,8 @@
 """archive index
 
-Revision ID: c2585c873eaa
+Revision ID: 4cb9ce837c0d
 Revises:
-Create Date: 2026-11-22 19:05:16.883449
+Create Date: 2026-11-22 19:19:09.113744
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "c2585c873eaa"
+revision = "4cb9ce837c0d"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -104,6 +104,9 @@ def upgrade() -> None:
     with op.batch_alter_table("study", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_study_accession_number"), ["accession_number"], unique=False
+        )
+        batch_op.create_index(
+            "ix_study_date_pk_modalities", ["study_date", "pk", "modalities_in_study"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_study_patient_id"), ["patient_id"], unique=False)
         batch_op.create_index(
@@ -269,6 +272,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_study_study_date"))
         batch_op.drop_index(batch_op.f("ix_study_patient_name_search"))
         batch_op.drop_index(batch_op.f("ix_study_patient_id"))
+        batch_op.drop_index("ix_study_date_pk_modalities")
         batch_op.drop_index(batch_op.f("ix_study_accession_number"))
 
     if op.get_bind().dialect.name == "postgresql":

@@ -21,7 +21,7 @@ from rich.progress import Progress
 from medflow.dicom.multipart import iter_multipart, new_boundary
 from medflow.store.records import StoreOutcome
 from medflow.store.service import StoreService
-from medflow.store.spool import SpooledObject, SpoolWriter
+from medflow.store.spool import spool_stream
 
 BATCH = 50
 
@@ -55,18 +55,6 @@ def discover(paths: list[Path]) -> Iterator[Source]:
             yield Source(str(path), path)
 
 
-def spool(source: Source, spool_dir: Path) -> SpooledObject:
-    writer = SpoolWriter(spool_dir)
-    try:
-        with source.open() as fp:
-            while chunk := fp.read(1 << 20):
-                writer.write(chunk)
-        return writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-
-
 def _batches(sources: list[Source]) -> Iterator[list[Source]]:
     for i in range(0, len(sources), BATCH):
         yield sources[i : i + BATCH]
@@ -81,7 +69,8 @@ def ingest_local(
         objects, labels = [], []
         for source in batch:
             try:
-                objects.append(spool(source, store.spool_dir))
+                with source.open() as fp:
+                    objects.append(spool_stream(fp, store.spool_dir))
                 labels.append(source.label)
             except OSError as exc:
                 failures.append((source.label, f"cannot read: {exc.strerror or exc}"))

@@ -12,6 +12,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _COUNTER = itertools.count()
 _PREFIX = secrets.token_hex(4)
@@ -72,13 +73,12 @@ def finish_all(writers: list[SpoolWriter], *, threads: int = 8) -> list[SpooledO
         return list(pool.map(lambda w: w.finish(), writers))
 
 
-def spool_file(src: Path, spool_dir: Path) -> SpooledObject:
-    """Copy an existing file into the spool (used by ``medflow ingest``)."""
+def spool_stream(src: BinaryIO, spool_dir: Path) -> SpooledObject:
+    """Copy a readable stream (a file, a zip member) into the spool, hashed and fsync'd."""
     writer = SpoolWriter(spool_dir)
     try:
-        with src.open("rb") as fp:
-            while chunk := fp.read(1 << 20):
-                writer.write(chunk)
+        while chunk := src.read(1 << 20):
+            writer.write(chunk)
         return writer.finish()
     except BaseException:
         writer.abort()

@@ -13,6 +13,7 @@ from medflow.core.events import EventBus
 from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
 from medflow.dicomweb.router import build_router
+from medflow.dimse.server import DimseServer
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
 
@@ -81,3 +82,12 @@ def app_from_environment() -> FastAPI:
     container from the ``MEDFLOW_*`` environment the parent exported (the parent has already
     migrated the schema)."""
     return create_app(build(Settings(), migrate=False))
+
+
+def start_dimse(container: Container, *, host: str) -> DimseServer | None:
+    """Start the DIMSE SCP on ``settings.dimse.port`` (None when the port is 0: disabled)."""
+    if not container.settings.dimse.port:
+        return None
+    server = DimseServer(container.store, container.settings.dimse, host)
+    server.start()
+    return server

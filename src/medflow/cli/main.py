@@ -44,7 +44,7 @@ def serve(
     """Run medflow: DICOMweb at /dicomweb, health at /healthz."""
     import uvicorn
 
-    from medflow.bootstrap import build, create_app
+    from medflow.bootstrap import build, create_app, start_dimse
 
     configure(log_level)
     settings = load_settings(data_dir)
@@ -54,8 +54,10 @@ def serve(
     dimse = settings.dimse.model_copy(update={"port": dimse_port} if dimse_port is not None else {})
     settings = settings.model_copy(update={"http": http, "dimse": dimse})
     container = build(settings)
+    dimse_server = start_dimse(container, host=http.host)
     console.print(
         f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
+        + (f", DIMSE {dimse.ae_title}@{http.host}:{dimse.port}" if dimse_server else "")
     )
     options: dict[str, Any] = {
         "host": http.host,
@@ -64,8 +66,7 @@ def serve(
         "access_log": False,
     }
     try:
-        if workers > 1:
-            container.close()
+        if workers > 1:  # the DIMSE listener stays in this (parent) process
             export_settings(settings)
             uvicorn.run(
                 "medflow.bootstrap:app_from_environment", factory=True, workers=workers, **options
@@ -73,6 +74,8 @@ def serve(
         else:
             uvicorn.run(create_app(container), **options)
     finally:
+        if dimse_server is not None:
+            dimse_server.stop()
         container.close()
 
 

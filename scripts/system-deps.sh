@@ -7,7 +7,7 @@ pkgs=()
 case "$what" in
   venv) pkgs=(python3-venv) ;;
   run)  pkgs=() ;;                      # the archive needs nothing beyond Python today
-  test) pkgs=() ;;                      # peers for later issues (dcmtk, ...) are added here
+  test) pkgs=(dcmtk) ;;                 # DIMSE peers: echoscu, storescu, findscu, movescu, getscu
   *) echo "usage: $0 run|test|venv" >&2; exit 2 ;;
 esac
 missing=()

@@ -30,15 +30,15 @@ class MediaType:
         return self.params.get(name.lower())
 
 
-def _split_params(value: str) -> list[str]:
-    """Split on ';' outside double quotes."""
+def _split_unquoted(value: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside double-quoted strings (parameters may quote ``;`` and ``,``)."""
     out: list[str] = []
     cur: list[str] = []
     quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        if ch == sep and not quoted:
             out.append("".join(cur))
             cur = []
         else:
@@ -49,7 +49,7 @@ def _split_params(value: str) -> list[str]:
 
 def parse_media_type(value: str) -> MediaType:
     """Parse ``multipart/related; type="application/dicom"; boundary=x`` (RFC 9110 §8.3.1)."""
-    pieces = _split_params(value)
+    pieces = _split_unquoted(value, ";")
     mtype = pieces[0].strip().lower()
     params: dict[str, str] = {}
     q = 1.0
@@ -70,28 +70,12 @@ def parse_media_type(value: str) -> MediaType:
     return MediaType(mtype, params, q)
 
 
-def _split_accept(header: str) -> list[str]:
-    """Split an Accept header on ',' outside double quotes."""
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    for ch in header:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return [p for p in (s.strip() for s in out) if p]
-
-
 def parse_accept(header: str | None) -> list[MediaType]:
     """Media ranges of an Accept header, highest quality first (stable for equal q)."""
     if not header:
         return [MediaType("*/*")]
-    ranges = [parse_media_type(p) for p in _split_accept(header)]
+    items = [p.strip() for p in _split_unquoted(header, ",")]
+    ranges = [parse_media_type(p) for p in items if p]
     return sorted((r for r in ranges if r.q > 0), key=lambda r: -r.q)
 
 

@@ -12,6 +12,7 @@ ErrorComment (0000,0902) (as the DIMSE status would carry it). Status: 200 all s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from pydicom.dataset import Dataset
@@ -61,12 +62,12 @@ def _check_request(request: Request, study: str | None) -> str:
 
 
 async def _spool_parts(
-    request: Request, boundary: str, spool_dir: object
+    request: Request, boundary: str, spool_dir: Path
 ) -> list[tuple[SpoolWriter, dict[str, str]]]:
     writers: list[tuple[SpoolWriter, dict[str, str]]] = []
 
     def new_sink(headers: dict[str, str]) -> SpoolWriter:
-        writer = SpoolWriter(spool_dir)  # type: ignore[arg-type]
+        writer = SpoolWriter(spool_dir)
         writers.append((writer, headers))
         return writer
 

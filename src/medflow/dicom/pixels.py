@@ -48,23 +48,23 @@ RLE_MEDIA_TYPES = ("image/dicom-rle", "image/x-dicom-rle")
 """``image/dicom-rle`` since PS3.18 2019; ``image/x-dicom-rle`` as older clients ask for it."""
 
 COMPRESSED_MEDIA_TYPES: dict[str, tuple[str, ...]] = {
-    "image/jpeg": ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.50",
-                   "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
+    "image/jpeg": (
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+    ),
     "image/dicom-rle": ("1.2.840.10008.1.2.5",),
     "image/x-dicom-rle": ("1.2.840.10008.1.2.5",),
     "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
     "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
     "image/jpx": ("1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"),
-    "image/jphc": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                   "1.2.840.10008.1.2.4.203"),
-    "image/jxl": ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111",
-                  "1.2.840.10008.1.2.4.112"),
+    "image/jphc": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+    "image/jxl": ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"),
 }
 """PS3.18 Table 8.7.3-5: media type -> transfer syntaxes, the default (D) first."""
 
-VIDEO_SYNTAXES = frozenset(
-    {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)}
-)
+VIDEO_SYNTAXES = frozenset({f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)})
 """MPEG-2, MPEG-4 AVC and HEVC: a video stream, not individually addressable frames."""
 
 
@@ -146,8 +146,9 @@ def read_header(fp: BinaryIO, *, tags: Sequence[int] | None = None) -> Dataset:
     With ``tags``, only those elements are kept (the others are skipped, not decoded)."""
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True,
-                             specific_tags=list(tags) if tags else None)
+        ds = pydicom.dcmread(
+            fp, stop_before_pixels=True, specific_tags=list(tags) if tags else None
+        )
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise Unsupported(f"stored object cannot be parsed: {type(exc).__name__}") from exc
     finally:
@@ -159,8 +160,9 @@ def has_pixel_data(header: Dataset, pixel_data_offset: int | None) -> bool:
     return pixel_data_offset is not None and "Rows" in header and "Columns" in header
 
 
-def frame_info(header: Dataset, *, pixel_data_offset: int | None,
-               pixel_data_length: int | None) -> FrameInfo:
+def frame_info(
+    header: Dataset, *, pixel_data_offset: int | None, pixel_data_length: int | None
+) -> FrameInfo:
     """Frame geometry of an image instance; ``Unsupported`` when it has no Pixel Data."""
     if not has_pixel_data(header, pixel_data_offset):
         raise Unsupported("the instance has no Pixel Data (7FE0,0010)")
@@ -182,10 +184,16 @@ def frame_info(header: Dataset, *, pixel_data_offset: int | None,
         raise Unsupported("the Image Pixel Module attributes are malformed") from exc
 
 
-def indexed_frame_info(*, transfer_syntax_uid: str, rows: int | None, columns: int | None,
-                       bits_allocated: int | None, number_of_frames: int | None,
-                       pixel_data_offset: int | None,
-                       pixel_data_length: int | None) -> FrameInfo | None:
+def indexed_frame_info(
+    *,
+    transfer_syntax_uid: str,
+    rows: int | None,
+    columns: int | None,
+    bits_allocated: int | None,
+    number_of_frames: int | None,
+    pixel_data_offset: int | None,
+    pixel_data_length: int | None,
+) -> FrameInfo | None:
     """Frame geometry of native pixel data from indexed values alone (no header read), or
     None when they do not settle it and the header has to be read (``frame_info``).
 
@@ -195,9 +203,15 @@ def indexed_frame_info(*, transfer_syntax_uid: str, rows: int | None, columns: i
     or bit-packed pixel data, YBR_FULL_422 (two samples' worth), an undefined or inconsistent
     length, a missing value — is None. The photometric interpretation is left empty: for
     native data other than YBR_FULL_422 it does not change the frame size."""
-    if (transfer_syntax_uid not in NATIVE_SYNTAXES or transfer_syntax_uid == DEFLATED_LE
-            or pixel_data_offset is None or not pixel_data_length or not rows or not columns
-            or bits_allocated not in (8, 16, 32, 64)):
+    if (
+        transfer_syntax_uid not in NATIVE_SYNTAXES
+        or transfer_syntax_uid == DEFLATED_LE
+        or pixel_data_offset is None
+        or not pixel_data_length
+        or not rows
+        or not columns
+        or bits_allocated not in (8, 16, 32, 64)
+    ):
         return None
     frames = max(number_of_frames or 1, 1)
     matches = []
@@ -224,8 +238,9 @@ def check_frame_numbers(numbers: list[int], info: FrameInfo) -> None:
     """PS3.18 §8.2 frame lists are 1-based; a frame beyond NumberOfFrames does not exist."""
     for n in numbers:
         if n > info.number_of_frames:
-            raise NotFound(f"frame {n} does not exist (the instance has "
-                           f"{info.number_of_frames} frame(s))")
+            raise NotFound(
+                f"frame {n} does not exist (the instance has {info.number_of_frames} frame(s))"
+            )
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -280,8 +295,9 @@ def encapsulated_frame(fp: BinaryIO, info: FrameInfo, number: int) -> bytes:
     try:
         return encaps.get_frame(fp, number - 1, number_of_frames=info.number_of_frames)
     except Exception as exc:  # pydicom raises ValueError/KeyError/struct.error on bad data
-        raise Unsupported(f"frame {number} cannot be read from the encapsulated "
-                          f"Pixel Data: {exc}") from exc
+        raise Unsupported(
+            f"frame {number} cannot be read from the encapsulated Pixel Data: {exc}"
+        ) from exc
 
 
 def _to_little_endian(arr: np.ndarray[Any, Any]) -> bytes:
@@ -293,8 +309,9 @@ def _to_little_endian(arr: np.ndarray[Any, Any]) -> bytes:
 _HOST_LE = np.little_endian
 
 
-def decode_array(fp: BinaryIO, number: int, transfer_syntax_uid: str | None = None
-                 ) -> np.ndarray[Any, Any]:
+def decode_array(
+    fp: BinaryIO, number: int, transfer_syntax_uid: str | None = None
+) -> np.ndarray[Any, Any]:
     """Frame ``number`` (1-based) decoded to an array (YCbCr converted to RGB). Only that
     frame is read, except for a deflated data set, which has to be inflated whole."""
     fp.seek(0)
@@ -321,8 +338,9 @@ def decoded_frame(fp: BinaryIO, info: FrameInfo, number: int) -> bytes:
     return _to_little_endian(arr)
 
 
-def iter_frames(fp: BinaryIO, info: FrameInfo, numbers: list[int], *,
-                as_stored: bool) -> Iterator[bytes]:
+def iter_frames(
+    fp: BinaryIO, info: FrameInfo, numbers: list[int], *, as_stored: bool
+) -> Iterator[bytes]:
     """Frames in request order: as stored (compressed stays compressed) or native LE."""
     for n in numbers:
         if not is_encapsulated(info.transfer_syntax_uid):
@@ -436,8 +454,9 @@ def transcode_to_explicit_le(fp: BinaryIO) -> bytes:
             _native_pixels_le(ds)
     except Exception as exc:  # decoder plugins raise RuntimeError, ValueError, ...
         name = UID(ts).name or ts
-        raise Unsupported(f"cannot transcode from {name} to Explicit VR Little Endian: "
-                          f"{_reason(exc)}") from exc
+        raise Unsupported(
+            f"cannot transcode from {name} to Explicit VR Little Endian: {_reason(exc)}"
+        ) from exc
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
     buf = io.BytesIO()
     try:

@@ -92,8 +92,9 @@ def parse_window(text: str | None) -> Window | None:
     center, width = _float(parts[0], "center"), _float(parts[1], "width")
     name = (parts[2] if len(parts) == 3 and parts[2] else "linear").lower().replace("_", "-")
     if name not in WINDOW_FUNCTIONS:
-        raise InvalidInput(f"window function {parts[2]!r} is not one of "
-                           + ", ".join(WINDOW_FUNCTIONS))
+        raise InvalidInput(
+            f"window function {parts[2]!r} is not one of " + ", ".join(WINDOW_FUNCTIONS)
+        )
     function = WINDOW_FUNCTIONS[name]
     if (function == "LINEAR" and width < 1) or width <= 0:
         raise InvalidInput("window width must be >= 1 for linear and > 0 otherwise")
@@ -151,8 +152,11 @@ def _first(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
-        seq = list(value) if not isinstance(value, str | bytes) and hasattr(value, "__iter__") \
+        seq = (
+            list(value)
+            if not isinstance(value, str | bytes) and hasattr(value, "__iter__")
             else [value]
+        )
         return float(seq[0]) if seq else None
     except (TypeError, ValueError):
         return None
@@ -160,8 +164,10 @@ def _first(value: Any) -> float | None:
 
 def _functional_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     """The first item of ``sequence`` in the per-frame, else shared, functional groups."""
-    for groups, i in (("PerFrameFunctionalGroupsSequence", index),
-                      ("SharedFunctionalGroupsSequence", 0)):
+    for groups, i in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
         fg = ds.get(groups)
         if fg and len(fg) > i and sequence in fg[i] and fg[i][sequence].value:
             item: Dataset = fg[i][sequence].value[0]
@@ -281,8 +287,11 @@ def _geometry(img: Array, opts: RenderOptions) -> Image.Image:
     if vp is not None and (vp.sx or vp.sy or vp.sw is not None or vp.sh is not None):
         img = _region(img, vp)
     pil = Image.fromarray(img, "RGB" if img.ndim == 3 else "L")
-    box = (vp.width, vp.height) if vp is not None else (
-        (opts.max_side, opts.max_side) if opts.max_side else None)
+    box = (
+        (vp.width, vp.height)
+        if vp is not None
+        else ((opts.max_side, opts.max_side) if opts.max_side else None)
+    )
     if box is not None:
         size = fit_size(pil.width, pil.height, *box)
         if size != pil.size:

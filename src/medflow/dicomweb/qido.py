@@ -77,7 +77,6 @@ SERIES = Annotated[str, Path(description="Series Instance UID")]
 # on the event loop; the search itself is the one hop (``run_in_threadpool``) a search makes.
 
 
-
 @dataclass
 class SearchRequest:
     """The query parameters of one search, parsed (PS3.18 8.3.4)."""

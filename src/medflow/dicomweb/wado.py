@@ -103,8 +103,9 @@ def _dicom_options(accept: str | None) -> list[DicomOption]:
         part = (media.param("type") or DICOM).lower()
         multipart = media.type in ANY_TYPES or (media.type == MULTIPART and part in (DICOM, "*/*"))
         if multipart or media.type == DICOM:
-            options.append(DicomOption(media.param("transfer-syntax") or ELE,
-                                       single=media.type == DICOM))
+            options.append(
+                DicomOption(media.param("transfer-syntax") or ELE, single=media.type == DICOM)
+            )
     return options
 
 
@@ -128,8 +129,9 @@ def _plan(record: InstanceRecord, options: list[DicomOption]) -> tuple[str, bool
     return None
 
 
-async def _retrieve(request: Request, store: StoreService, study: str,
-                    series: str | None = None) -> Response:
+async def _retrieve(
+    request: Request, store: StoreService, study: str, series: str | None = None
+) -> Response:
     options = [o for o in _dicom_options(request.headers.get("accept")) if not o.single]
     if not options:
         raise NotAcceptable(f'instances are available as {MULTIPART}; type="{DICOM}"')
@@ -146,11 +148,13 @@ async def _retrieve(request: Request, store: StoreService, study: str,
     headers = {}
     if omitted:
         headers["Warning"] = _warning(
-            f"{omitted} instance(s) omitted: not available in an acceptable transfer syntax")
+            f"{omitted} instance(s) omitted: not available in an acceptable transfer syntax"
+        )
     boundary = new_boundary()
     return StreamingResponse(
         instances_body(store, plan, boundary),
-        media_type=multipart_content_type(DICOM, boundary), headers=headers,
+        media_type=multipart_content_type(DICOM, boundary),
+        headers=headers,
     )
 
 
@@ -165,14 +169,17 @@ class _One:
     tail: bytes
 
 
-def _one_job(store: StoreService, study: str, series: str, instance: str,
-             options: list[DicomOption]) -> _One:
+def _one_job(
+    store: StoreService, study: str, series: str, instance: str, options: list[DicomOption]
+) -> _One:
     """Lookup, negotiation and the body of one instance, in one worker-thread hop."""
     record = one_record(store, study, series, instance)
     chosen = _plan(record, options)
     if chosen is None:
-        raise NotAcceptable("the instance is not available in an acceptable transfer syntax "
-                            f"(stored as {record.transfer_syntax_uid})")
+        raise NotAcceptable(
+            "the instance is not available in an acceptable transfer syntax "
+            f"(stored as {record.transfer_syntax_uid})"
+        )
     mode, single = chosen
     ts = record.transfer_syntax_uid if is_stored(record, mode) else ELE
     head = tail = b""
@@ -193,15 +200,17 @@ def _one_job(store: StoreService, study: str, series: str, instance: str,
     return _One(media_type, read_framed(store, record, head, tail), record, head, tail)
 
 
-async def _retrieve_one(request: Request, store: StoreService, study: str, series: str,
-                        instance: str) -> Response:
+async def _retrieve_one(
+    request: Request, store: StoreService, study: str, series: str, instance: str
+) -> Response:
     options = _dicom_options(request.headers.get("accept"))
     if not options:
         raise NotAcceptable(f'instances are available as {MULTIPART}; type="{DICOM}"')
     one = await run_in_threadpool(_one_job, store, study, series, instance, options)
     if one.body is None:
-        return StreamingResponse(framed_stream(store, one.record, one.head, one.tail),
-                                 media_type=one.media_type)
+        return StreamingResponse(
+            framed_stream(store, one.record, one.head, one.tail), media_type=one.media_type
+        )
     return Response(one.body, media_type=one.media_type)
 
 
@@ -211,15 +220,19 @@ async def retrieve_study(request: Request, store: StoreDep, study: STUDY) -> Res
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series' instances (WADO-RS)")
-async def retrieve_series(request: Request, store: StoreDep, study: STUDY,
-                          series: SERIES) -> Response:
+async def retrieve_series(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES
+) -> Response:
     return await _retrieve(request, store, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}",
-            summary="Retrieve an instance (WADO-RS)")
-async def retrieve_instance(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                            instance: INSTANCE) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}",
+    summary="Retrieve an instance (WADO-RS)",
+)
+async def retrieve_instance(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES, instance: INSTANCE
+) -> Response:
     return await _retrieve_one(request, store, study, series, instance)
 
 
@@ -243,8 +256,14 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return False
 
 
-async def _metadata(request: Request, store: StoreService, base: str, study: str,
-                    series: str | None = None, instance: str | None = None) -> Response:
+async def _metadata(
+    request: Request,
+    store: StoreService,
+    base: str,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+) -> Response:
     _check_json_accept(request)
     texts, etag = await run_in_threadpool(
         store.metadata, study_uid=study, series_uid=series, sop_uid=instance
@@ -258,22 +277,33 @@ async def _metadata(request: Request, store: StoreService, base: str, study: str
 
 
 @router.get("/studies/{study}/metadata", summary="Retrieve a study's metadata (WADO-RS)")
-async def study_metadata(request: Request, store: StoreDep, base: BaseUrlDep,
-                         study: STUDY) -> Response:
+async def study_metadata(
+    request: Request, store: StoreDep, base: BaseUrlDep, study: STUDY
+) -> Response:
     return await _metadata(request, store, base, study)
 
 
-@router.get("/studies/{study}/series/{series}/metadata",
-            summary="Retrieve a series' metadata (WADO-RS)")
-async def series_metadata(request: Request, store: StoreDep, base: BaseUrlDep, study: STUDY,
-                          series: SERIES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/metadata", summary="Retrieve a series' metadata (WADO-RS)"
+)
+async def series_metadata(
+    request: Request, store: StoreDep, base: BaseUrlDep, study: STUDY, series: SERIES
+) -> Response:
     return await _metadata(request, store, base, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata",
-            summary="Retrieve an instance's metadata (WADO-RS)")
-async def instance_metadata(request: Request, store: StoreDep, base: BaseUrlDep, study: STUDY,
-                            series: SERIES, instance: INSTANCE) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/metadata",
+    summary="Retrieve an instance's metadata (WADO-RS)",
+)
+async def instance_metadata(
+    request: Request,
+    store: StoreDep,
+    base: BaseUrlDep,
+    study: STUDY,
+    series: SERIES,
+    instance: INSTANCE,
+) -> Response:
     return await _metadata(request, store, base, study, series, instance)
 
 

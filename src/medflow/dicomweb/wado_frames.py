@@ -62,7 +62,7 @@ def _choose_frame_mode(accept: str | None, info: pixels.FrameInfo) -> pixels.Fra
         if mode is not None:
             return mode
     raise NotAcceptable(
-        f"frames are available as {MULTIPART}; type=\"{OCTET}\" (native) or, with "
+        f'frames are available as {MULTIPART}; type="{OCTET}" (native) or, with '
         f"transfer-syntax=*, as stored ({info.transfer_syntax_uid})"
     )
 
@@ -91,8 +91,9 @@ class Frames:
     """Still open when ``rest`` is not empty."""
 
 
-def _read_some(opened: OpenInstance, info: pixels.FrameInfo, mode: pixels.FrameMode,
-               numbers: list[int]) -> tuple[list[bytes], list[int]]:
+def _read_some(
+    opened: OpenInstance, info: pixels.FrameInfo, mode: pixels.FrameMode, numbers: list[int]
+) -> tuple[list[bytes], list[int]]:
     """Frames from the start of ``numbers`` up to about ``FRAME_BUDGET`` bytes (at least
     one), and the numbers left."""
     out: list[bytes] = []
@@ -102,31 +103,39 @@ def _read_some(opened: OpenInstance, info: pixels.FrameInfo, mode: pixels.FrameM
         total += len(frame)
         if total >= FRAME_BUDGET:
             break
-    return out, numbers[len(out):]
+    return out, numbers[len(out) :]
 
 
-def _frame_info(opened: OpenInstance, record: InstanceRecord,
-                numbers: list[int] | None) -> pixels.FrameInfo:
+def _frame_info(
+    opened: OpenInstance, record: InstanceRecord, numbers: list[int] | None
+) -> pixels.FrameInfo:
     """Frame geometry: from the index when it settles it (native pixel data), else from the
     few header elements that give it."""
     info = pixels.indexed_frame_info(
-        transfer_syntax_uid=record.transfer_syntax_uid, rows=record.rows,
-        columns=record.columns, bits_allocated=record.bits_allocated,
-        number_of_frames=record.number_of_frames, pixel_data_offset=record.pixel_data_offset,
-        pixel_data_length=record.pixel_data_length)
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        rows=record.rows,
+        columns=record.columns,
+        bits_allocated=record.bits_allocated,
+        number_of_frames=record.number_of_frames,
+        pixel_data_offset=record.pixel_data_offset,
+        pixel_data_length=record.pixel_data_length,
+    )
     if info is not None:
         return info
     header = pixels.read_header(opened.fp, tags=pixels.FRAME_TAGS)
     try:
-        return pixels.frame_info(header, pixel_data_offset=record.pixel_data_offset,
-                                 pixel_data_length=record.pixel_data_length)
+        return pixels.frame_info(
+            header,
+            pixel_data_offset=record.pixel_data_offset,
+            pixel_data_length=record.pixel_data_length,
+        )
     except Unsupported as exc:
-        raise (NotFound(exc.message) if numbers is None
-               else InvalidInput(exc.message)) from exc
+        raise (NotFound(exc.message) if numbers is None else InvalidInput(exc.message)) from exc
 
 
-def _load_frames(store: StoreService, record: InstanceRecord, numbers: list[int] | None,
-                 accept: str | None) -> Frames:
+def _load_frames(
+    store: StoreService, record: InstanceRecord, numbers: list[int] | None, accept: str | None
+) -> Frames:
     """Validate the request against the object (404 frames, 406 media) and read the frames
     (or the first ``FRAME_BUDGET`` bytes of them), so that a decoding failure is an error
     status, not a broken stream."""
@@ -158,8 +167,7 @@ async def _frames_tail(frames: Frames, dash: bytes, first: bytes) -> AsyncIterat
         yield first
         rest = frames.rest
         while rest:
-            read, rest = await run_in_threadpool(_read_some, opened, frames.info, frames.mode,
-                                                 rest)
+            read, rest = await run_in_threadpool(_read_some, opened, frames.info, frames.mode, rest)
             yield b"".join(piece for frame in read for piece in (head, frame, CRLF))
         yield closing(dash)
     finally:
@@ -171,29 +179,48 @@ def _frames_response(frames: Frames) -> Response:
     dash = dash_of(boundary)
     media_type = multipart_content_type(frames.mode.part_media_type, boundary)
     if frames.opened is None:
-        return Response(multipart_bytes(dash, frames.mode.content_type, frames.read),
-                        media_type=media_type)
+        return Response(
+            multipart_bytes(dash, frames.mode.content_type, frames.read), media_type=media_type
+        )
     head = part_head(dash, frames.mode.content_type)
     first = b"".join(piece for frame in frames.read for piece in (head, frame, CRLF))
-    return StreamingResponse(_frames_tail(frames, dash, first), media_type=media_type,
-                             background=BackgroundTask(frames.opened.close))
+    return StreamingResponse(
+        _frames_tail(frames, dash, first),
+        media_type=media_type,
+        background=BackgroundTask(frames.opened.close),
+    )
 
 
-def _frames_job(store: StoreService, study: str, series: str, instance: str,
-                numbers: list[int], accept: str | None) -> Frames:
+def _frames_job(
+    store: StoreService,
+    study: str,
+    series: str,
+    instance: str,
+    numbers: list[int],
+    accept: str | None,
+) -> Frames:
     record = one_record(store, study, series, instance)
     if record.pixel_data_offset is None:
         raise InvalidInput("the instance has no Pixel Data; it has no frames")
     return _load_frames(store, record, numbers, accept)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-            summary="Retrieve frames (WADO-RS)")
-async def retrieve_frames(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                          instance: INSTANCE, frames: FRAMES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+    summary="Retrieve frames (WADO-RS)",
+)
+async def retrieve_frames(
+    request: Request,
+    store: StoreDep,
+    study: STUDY,
+    series: SERIES,
+    instance: INSTANCE,
+    frames: FRAMES,
+) -> Response:
     numbers = pixels.parse_frame_list(frames)
-    loaded = await run_in_threadpool(_frames_job, store, study, series, instance, numbers,
-                                     request.headers.get("accept"))
+    loaded = await run_in_threadpool(
+        _frames_job, store, study, series, instance, numbers, request.headers.get("accept")
+    )
     return _frames_response(loaded)
 
 
@@ -236,8 +263,9 @@ def _check_bulk_path(path: str) -> None:
         raise InvalidInput(f"malformed bulk data path {path!r}")
 
 
-def _bulkdata_job(store: StoreService, study: str, series: str, instance: str, path: str,
-                  accept: str | None) -> Frames | bytes:
+def _bulkdata_job(
+    store: StoreService, study: str, series: str, instance: str, path: str, accept: str | None
+) -> Frames | bytes:
     record = one_record(store, study, series, instance)
     if path.upper() == "7FE00010" and record.pixel_data_offset is not None:
         return _load_frames(store, record, None, accept)
@@ -245,13 +273,22 @@ def _bulkdata_job(store: StoreService, study: str, series: str, instance: str, p
     return _element_value(store, record, path)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path}",
-            summary="Retrieve bulk data (WADO-RS)")
-async def retrieve_bulkdata(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                            instance: INSTANCE, path: BULK_PATH) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path}",
+    summary="Retrieve bulk data (WADO-RS)",
+)
+async def retrieve_bulkdata(
+    request: Request,
+    store: StoreDep,
+    study: STUDY,
+    series: SERIES,
+    instance: INSTANCE,
+    path: BULK_PATH,
+) -> Response:
     _check_bulk_path(path)
-    result = await run_in_threadpool(_bulkdata_job, store, study, series, instance, path,
-                                     request.headers.get("accept"))
+    result = await run_in_threadpool(
+        _bulkdata_job, store, study, series, instance, path, request.headers.get("accept")
+    )
     if isinstance(result, Frames):
         return _frames_response(result)
     boundary = new_boundary()

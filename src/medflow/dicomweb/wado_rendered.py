@@ -48,14 +48,16 @@ def _rendered_type(request: Request) -> str:
     query = request.query_params.get("accept")
     accept = query if query is not None else request.headers.get("accept")
     for media in parse_accept(accept):
-        kind = (media.param("type") or "image/jpeg").lower() if media.type == MULTIPART \
-            else media.type
+        kind = (
+            (media.param("type") or "image/jpeg").lower() if media.type == MULTIPART else media.type
+        )
         if kind in rendering.RENDERED_MEDIA_TYPES:
             return kind
         if kind in ("*/*", "image/*", "multipart/*"):
             return "image/jpeg"
-    raise NotAcceptable("rendered images are available as " +
-                        ", ".join(rendering.RENDERED_MEDIA_TYPES))
+    raise NotAcceptable(
+        "rendered images are available as " + ", ".join(rendering.RENDERED_MEDIA_TYPES)
+    )
 
 
 def _render_options(request: Request, *, thumbnail: bool) -> rendering.RenderOptions:
@@ -91,16 +93,20 @@ def _is_image(record: InstanceRecord) -> bool:
     return record.rows is not None and record.pixel_data_offset is not None
 
 
-def _render(store: StoreService, record: InstanceRecord, number: int,
-            opts: rendering.RenderOptions) -> bytes:
+def _render(
+    store: StoreService, record: InstanceRecord, number: int, opts: rendering.RenderOptions
+) -> bytes:
     """One frame of one instance rendered; 404 for a missing frame, 406 when it cannot be."""
     if not _is_image(record):
         raise NotAcceptable("the instance has no pixel data and cannot be rendered as an image")
     with store.open_instance(record) as fp:
         header = pixels.read_header(fp)
         try:
-            info = pixels.frame_info(header, pixel_data_offset=record.pixel_data_offset,
-                                     pixel_data_length=record.pixel_data_length)
+            info = pixels.frame_info(
+                header,
+                pixel_data_offset=record.pixel_data_offset,
+                pixel_data_length=record.pixel_data_length,
+            )
         except Unsupported as exc:
             raise NotAcceptable(exc.message) from exc
         pixels.check_frame_numbers([number], info)
@@ -112,8 +118,9 @@ def _render(store: StoreService, record: InstanceRecord, number: int,
             raise NotAcceptable(exc.message) from exc
 
 
-def _render_logged(store: StoreService, record: InstanceRecord, number: int,
-                   opts: rendering.RenderOptions) -> bytes | None:
+def _render_logged(
+    store: StoreService, record: InstanceRecord, number: int, opts: rendering.RenderOptions
+) -> bytes | None:
     try:
         return _render(store, record, number, opts)
     except MedflowError as exc:
@@ -121,8 +128,12 @@ def _render_logged(store: StoreService, record: InstanceRecord, number: int,
         return None
 
 
-async def _rendered_body(store: StoreService, jobs: list[tuple[InstanceRecord, int]],
-                         opts: rendering.RenderOptions, dash: bytes) -> AsyncIterator[bytes]:
+async def _rendered_body(
+    store: StoreService,
+    jobs: list[tuple[InstanceRecord, int]],
+    opts: rendering.RenderOptions,
+    dash: bytes,
+) -> AsyncIterator[bytes]:
     head = part_head(dash, opts.media_type)
     for record, number in jobs:
         data = await run_in_threadpool(_render_logged, store, record, number, opts)
@@ -131,8 +142,9 @@ async def _rendered_body(store: StoreService, jobs: list[tuple[InstanceRecord, i
     yield closing(dash)
 
 
-def _multipart_rendered(store: StoreService, jobs: list[tuple[InstanceRecord, int]],
-                        opts: rendering.RenderOptions) -> Response:
+def _multipart_rendered(
+    store: StoreService, jobs: list[tuple[InstanceRecord, int]], opts: rendering.RenderOptions
+) -> Response:
     boundary = new_boundary()
     return StreamingResponse(
         _rendered_body(store, jobs, opts, dash_of(boundary)),
@@ -140,8 +152,9 @@ def _multipart_rendered(store: StoreService, jobs: list[tuple[InstanceRecord, in
     )
 
 
-async def _rendered_many(request: Request, store: StoreService, study: str,
-                         series: str | None) -> Response:
+async def _rendered_many(
+    request: Request, store: StoreService, study: str, series: str | None
+) -> Response:
     opts = _render_options(request, thumbnail=False)
     records = await run_in_threadpool(store.find_instances, study_uid=study, series_uid=series)
     images = [r for r in records if _is_image(r)]
@@ -150,8 +163,9 @@ async def _rendered_many(request: Request, store: StoreService, study: str,
     return _multipart_rendered(store, [(r, 1) for r in images], opts)
 
 
-def _render_instance(store: StoreService, study: str, series: str, instance: str,
-                     number: int, opts: Options) -> bytes:
+def _render_instance(
+    store: StoreService, study: str, series: str, instance: str, number: int, opts: Options
+) -> bytes:
     record = one_record(store, study, series, instance)
     return _render(store, record, number, _checked(opts))
 
@@ -165,8 +179,9 @@ def _representative(records: list[InstanceRecord]) -> InstanceRecord:
     return first_series[(len(first_series) - 1) // 2]
 
 
-def _render_representative(store: StoreService, study: str, series: str | None,
-                           opts: Options) -> bytes:
+def _render_representative(
+    store: StoreService, study: str, series: str | None, opts: Options
+) -> bytes:
     records = store.find_instances(study_uid=study, series_uid=series)
     return _render(store, _representative(records), 1, _checked(opts))
 
@@ -176,31 +191,45 @@ async def rendered_study(request: Request, store: StoreDep, study: STUDY) -> Res
     return await _rendered_many(request, store, study, None)
 
 
-@router.get("/studies/{study}/series/{series}/rendered",
-            summary="Retrieve a rendered series (WADO-RS)")
-async def rendered_series(request: Request, store: StoreDep, study: STUDY,
-                          series: SERIES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/rendered", summary="Retrieve a rendered series (WADO-RS)"
+)
+async def rendered_series(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES
+) -> Response:
     return await _rendered_many(request, store, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
-            summary="Retrieve a rendered instance (first frame) (WADO-RS)")
-async def rendered_instance(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                            instance: INSTANCE) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/rendered",
+    summary="Retrieve a rendered instance (first frame) (WADO-RS)",
+)
+async def rendered_instance(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES, instance: INSTANCE
+) -> Response:
     opts = _options(request, thumbnail=False)
     data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
     return Response(data, media_type=_checked(opts).media_type)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
-            summary="Retrieve rendered frames (WADO-RS)")
-async def rendered_frames(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                          instance: INSTANCE, frames: FRAMES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+    summary="Retrieve rendered frames (WADO-RS)",
+)
+async def rendered_frames(
+    request: Request,
+    store: StoreDep,
+    study: STUDY,
+    series: SERIES,
+    instance: INSTANCE,
+    frames: FRAMES,
+) -> Response:
     numbers = pixels.parse_frame_list(frames)
     if len(numbers) == 1:
         opts = _options(request, thumbnail=False)
-        data = await run_in_threadpool(_render_instance, store, study, series, instance,
-                                       numbers[0], opts)
+        data = await run_in_threadpool(
+            _render_instance, store, study, series, instance, numbers[0], opts
+        )
         return Response(data, media_type=_checked(opts).media_type)
     record = await run_in_threadpool(one_record, store, study, series, instance)
     opts = _render_options(request, thumbnail=False)
@@ -216,32 +245,46 @@ async def thumbnail_study(request: Request, store: StoreDep, study: STUDY) -> Re
     return Response(data, media_type=_checked(opts).media_type)
 
 
-@router.get("/studies/{study}/series/{series}/thumbnail",
-            summary="Retrieve a series thumbnail (WADO-RS)")
-async def thumbnail_series(request: Request, store: StoreDep, study: STUDY,
-                           series: SERIES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/thumbnail", summary="Retrieve a series thumbnail (WADO-RS)"
+)
+async def thumbnail_series(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES
+) -> Response:
     opts = _options(request, thumbnail=True)
     data = await run_in_threadpool(_render_representative, store, study, series, opts)
     return Response(data, media_type=_checked(opts).media_type)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail",
-            summary="Retrieve an instance thumbnail (WADO-RS)")
-async def thumbnail_instance(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                             instance: INSTANCE) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+    summary="Retrieve an instance thumbnail (WADO-RS)",
+)
+async def thumbnail_instance(
+    request: Request, store: StoreDep, study: STUDY, series: SERIES, instance: INSTANCE
+) -> Response:
     opts = _options(request, thumbnail=True)
     data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
     return Response(data, media_type=_checked(opts).media_type)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
-            summary="Retrieve a frame thumbnail (WADO-RS)")
-async def thumbnail_frames(request: Request, store: StoreDep, study: STUDY, series: SERIES,
-                           instance: INSTANCE, frames: FRAMES) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+    summary="Retrieve a frame thumbnail (WADO-RS)",
+)
+async def thumbnail_frames(
+    request: Request,
+    store: StoreDep,
+    study: STUDY,
+    series: SERIES,
+    instance: INSTANCE,
+    frames: FRAMES,
+) -> Response:
     numbers = pixels.parse_frame_list(frames)
     opts = _options(request, thumbnail=True)
-    data = await run_in_threadpool(_render_instance, store, study, series, instance,
-                                   numbers[0], opts)
+    data = await run_in_threadpool(
+        _render_instance, store, study, series, instance, numbers[0], opts
+    )
     return Response(data, media_type=_checked(opts).media_type)
 
 

@@ -62,8 +62,9 @@ def _open_local(path: Path) -> io.FileIO:
         raise StorageFailure("blob is missing", retryable=False) from None
 
 
-def read_framed(store: StoreService, record: InstanceRecord, head: bytes,
-                tail: bytes = CRLF) -> Piece:
+def read_framed(
+    store: StoreService, record: InstanceRecord, head: bytes, tail: bytes = CRLF
+) -> Piece:
     """``head`` + the stored file + ``tail`` in one buffer; the file is read with one
     ``readinto`` when the store is local (the size comes from the index; a file that turns
     out shorter or longer is still returned as it is on disk)."""
@@ -76,7 +77,7 @@ def read_framed(store: StoreService, record: InstanceRecord, head: bytes,
     with _open_local(path) as fp:
         got = 0
         with memoryview(buf) as view:
-            body = view[len(head): len(head) + size]
+            body = view[len(head) : len(head) + size]
             while got < size:
                 n = fp.readinto(body[got:])
                 if not n:
@@ -85,7 +86,7 @@ def read_framed(store: StoreService, record: InstanceRecord, head: bytes,
             body.release()
         rest = b"".join(iter(lambda: fp.read(CHUNK), b""))
     if got == size and not rest:
-        buf[len(head) + size:] = tail
+        buf[len(head) + size :] = tail
         return memoryview(buf)
     return b"".join([bytes(buf[: len(head) + got]), rest, tail])
 
@@ -126,8 +127,9 @@ def _batches(plan: list[tuple[InstanceRecord, str]]) -> Iterator[list[tuple[Inst
         yield batch
 
 
-def _read_batch(store: StoreService, batch: list[tuple[InstanceRecord, str]],
-                dash: bytes) -> list[Piece | _Large]:
+def _read_batch(
+    store: StoreService, batch: list[tuple[InstanceRecord, str]], dash: bytes
+) -> list[Piece | _Large]:
     """The parts of a batch of instances (runs in a worker thread). A transcoding failure
     omits the instance (the response headers are already sent): it is logged."""
     out: list[Piece | _Large] = []
@@ -159,8 +161,9 @@ async def _stream_large(store: StoreService, item: _Large) -> AsyncIterator[Piec
         chunks.close()  # closes the file: quick, and safe in a cancelled task
 
 
-async def instances_body(store: StoreService, plan: list[tuple[InstanceRecord, str]],
-                         boundary: str) -> AsyncIterator[Piece]:
+async def instances_body(
+    store: StoreService, plan: list[tuple[InstanceRecord, str]], boundary: str
+) -> AsyncIterator[Piece]:
     """The multipart/related body of ``plan`` (instances with their serve mode). The next
     batch is read in a worker thread while the current one is being sent."""
     dash = dash_of(boundary)
@@ -173,8 +176,11 @@ async def instances_body(store: StoreService, plan: list[tuple[InstanceRecord, s
         while ahead is not None:
             pieces = await ahead
             following = next(batches, None)
-            ahead = None if following is None else asyncio.ensure_future(
-                run_in_threadpool(_read_batch, store, following, dash))
+            ahead = (
+                None
+                if following is None
+                else asyncio.ensure_future(run_in_threadpool(_read_batch, store, following, dash))
+            )
             for piece in pieces:
                 if isinstance(piece, _Large):
                     async for chunk in _stream_large(store, piece):
@@ -187,8 +193,9 @@ async def instances_body(store: StoreService, plan: list[tuple[InstanceRecord, s
             ahead.cancel()
 
 
-async def read_one(store: StoreService, record: InstanceRecord, head: bytes,
-                   tail: bytes) -> Piece | None:
+async def read_one(
+    store: StoreService, record: InstanceRecord, head: bytes, tail: bytes
+) -> Piece | None:
     """``head`` + one stored instance + ``tail`` in one buffer, or None when the instance is
     too large for one buffer (then it streams)."""
     if record.size > READ_CAP:
@@ -196,8 +203,9 @@ async def read_one(store: StoreService, record: InstanceRecord, head: bytes,
     return await run_in_threadpool(read_framed, store, record, head, tail)
 
 
-def framed_stream(store: StoreService, record: InstanceRecord, head: bytes,
-                  tail: bytes) -> AsyncIterator[Piece]:
+def framed_stream(
+    store: StoreService, record: InstanceRecord, head: bytes, tail: bytes
+) -> AsyncIterator[Piece]:
     """``head`` + one large stored instance in chunks + ``tail``."""
     return _stream_large(store, _Large(record, head, tail))
 

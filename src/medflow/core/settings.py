@@ -24,6 +24,19 @@ class DimseSettings(BaseModel):
     port: int = 11112
     """0 disables the DIMSE listener."""
     ae_title: str = "MEDFLOW"
+    remote_aes: dict[str, str] = Field(default_factory=dict)
+    """Known remote AEs seeded into the database at start, ``{"ORTHANC": "10.0.0.5:4242"}``
+    (``MEDFLOW_DIMSE__REMOTE_AES`` as JSON); ``medflow aet`` manages them afterwards."""
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+    """Calling AE titles allowed to associate; empty allows any (PS3.8 7.1.1.3)."""
+    max_associations: int = 32
+    """Simultaneous associations; more are rejected (transient, local limit exceeded)."""
+    acse_timeout: float = 30
+    """Seconds to wait for association negotiation and release messages."""
+    dimse_timeout: float = 60
+    """Seconds to wait for a DIMSE message (e.g. a C-STORE response of a move destination)."""
+    network_timeout: float = 60
+    """Seconds of silence after which an association is aborted."""
 
 
 class BlobSettings(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import BigInteger, Integer, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -19,3 +21,16 @@ BigPK = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def include_object_for(dialect_name: str) -> Callable[..., bool]:
+    """Alembic ``include_object`` hook: leave out schema items made for another dialect only
+    (``Index(...).ddl_if(dialect="postgresql")``), so that autogenerate on SQLite does not
+    propose them and the drift check compares like with like."""
+
+    def include_object(obj: object, name: str | None, type_: str, *_: object) -> bool:
+        ddl_if = getattr(obj, "_ddl_if", None)
+        dialect = getattr(ddl_if, "dialect", None)
+        return dialect is None or dialect == dialect_name
+
+    return include_object

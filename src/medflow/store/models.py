@@ -157,4 +157,28 @@ class ChangeFeedEntry(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
 
 
-__all__ = ["ChangeFeedEntry", "Instance", "PersonNameToken", "Series", "Study", "Text"]
+class RemoteAE(Base):
+    """A known remote application entity (PS3.7 D.3.3.2 Move Destination; ``medflow send``):
+    AE title → host:port. Seeded from ``MEDFLOW_DIMSE__REMOTE_AES``, managed by ``medflow aet``
+    and read at each use, so a running server sees changes at once."""
+
+    __tablename__ = "remote_ae"
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+__all__ = [
+    "ChangeFeedEntry",
+    "Instance",
+    "PersonNameToken",
+    "RemoteAE",
+    "Series",
+    "Study",
+    "Text",
+]

@@ -248,6 +248,39 @@ class StoreService:
             )
         return [InstanceRecord.from_row(r) for r in rows]
 
+    def select_instances(
+        self,
+        *,
+        patient_ids: Sequence[str] = (),
+        study_uids: Sequence[str] = (),
+        series_uids: Sequence[str] = (),
+        sop_uids: Sequence[str] = (),
+    ) -> list[InstanceRecord]:
+        """Instances matching every given key, a list matching any of its values (the unique
+        keys of a C-MOVE/C-GET identifier, PS3.4 C.4.2.2.1; ``medflow send``). At least one
+        key is required; the result is in study, series and instance number order."""
+        if not (patient_ids or study_uids or series_uids or sop_uids):
+            raise InvalidInput("no unique key given")
+        q = (
+            select(*InstanceRecord.index_columns())
+            .select_from(Instance)
+            .join(Series, Instance.series_pk == Series.pk)
+            .join(Study, Instance.study_pk == Study.pk)
+        )
+        for column, values in (
+            (Study.patient_id, patient_ids),
+            (Study.study_uid, study_uids),
+            (Series.series_uid, series_uids),
+            (Instance.sop_instance_uid, sop_uids),
+        ):
+            if values:
+                q = q.where(column.in_(sorted(set(values))))
+        q = q.order_by(
+            Study.pk, Series.series_number, Series.pk, Instance.instance_number, Instance.pk
+        )
+        with self.engine.connect() as conn:
+            return [InstanceRecord.from_row(r) for r in conn.execute(q)]
+
     def metadata(
         self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> tuple[list[str], str]:

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy.engine import Engine
 
 import medflow.store.models  # noqa: F401  (registers every context's tables)
-from medflow.db.base import Base
+from medflow.db.base import Base, include_object_for
 
 engine: Engine = context.config.attributes["engine"]
 with engine.connect() as connection:
@@ -15,6 +15,7 @@ with engine.connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -14,6 +14,7 @@ from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
 from medflow.dicomweb.router import build_router
 from medflow.dimse.server import DimseServer
+from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
 
@@ -25,6 +26,7 @@ class Container:
     blobs: BlobStore
     events: EventBus
     store: StoreService
+    aes: AeDirectory
 
     def close(self) -> None:
         self.engine.dispose()
@@ -33,8 +35,10 @@ class Container:
 def build(settings: Settings, *, migrate: bool = True) -> Container:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url())
-    if migrate:
+    aes = AeDirectory(engine)
+    if migrate:  # the process that migrates also seeds the remote AEs from settings
         upgrade(engine)
+        aes.seed(settings.dimse.remote_aes)
     blobs = blob_store_from_settings(settings.blobs, settings.resolved_blob_path())
     events = EventBus()
     store = StoreService(
@@ -44,7 +48,9 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         settings=settings.store,
         events=events,
     )
-    return Container(settings=settings, engine=engine, blobs=blobs, events=events, store=store)
+    return Container(
+        settings=settings, engine=engine, blobs=blobs, events=events, store=store, aes=aes
+    )
 
 
 def create_app(container: Container) -> FastAPI:
@@ -88,6 +94,6 @@ def start_dimse(container: Container, *, host: str) -> DimseServer | None:
     """Start the DIMSE SCP on ``settings.dimse.port`` (None when the port is 0: disabled)."""
     if not container.settings.dimse.port:
         return None
-    server = DimseServer(container.store, container.settings.dimse, host)
+    server = DimseServer(container.store, container.settings.dimse, host, container.aes)
     server.start()
     return server

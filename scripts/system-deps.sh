@@ -7,7 +7,7 @@ pkgs=()
 case "$what" in
   venv) pkgs=(python3-venv) ;;
   run)  pkgs=() ;;                      # the archive needs nothing beyond Python today
-  test) pkgs=(dcmtk) ;;                 # DIMSE peers: echoscu, storescu, findscu, movescu, getscu
+  test) pkgs=(dcmtk orthanc) ;;         # DIMSE peers: dcmtk (echo/store/find/move/getscu), Orthanc
   *) echo "usage: $0 run|test|venv" >&2; exit 2 ;;
 esac
 missing=()

@@ -28,7 +28,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not prefix:  # a sub-settings model (one level)
             out.update(flatten(value, name + "__"))
         else:
             out[name] = value if isinstance(value, str) else json.dumps(value)

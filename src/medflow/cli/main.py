@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from medflow.cli.common import export_settings, load_settings
+from medflow.cli.dimse import aet_app, send
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.core.logging import configure
 
@@ -19,6 +20,8 @@ app = typer.Typer(
     help="medflow: imaging archive, clinical records and AI on one platform.", no_args_is_help=True
 )
 console = Console()
+app.add_typer(aet_app, name="aet")
+app.command()(send)
 
 DataDir = Annotated[
     Path | None,

@@ -365,3 +365,38 @@ def test_get_sop_class_not_negotiated_fails_that_instance(container: Container, 
     assert final.NumberOfCompletedSuboperations == 7
     assert final.NumberOfFailedSuboperations == 1
     assert str(mr.SOPInstanceUID) not in received.items
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_move_with_a_missing_blob_fails_only_that_instance(
+    container: Container, scp: int, destination: tuple[int, Received, list[str]]
+) -> None:
+    dest_port, received, _ = destination
+    container.aes.put("DEST", "127.0.0.1", dest_port)
+    a, _ = two_studies(container.store)
+    lost = str(a[4].SOPInstanceUID)
+    (record,) = container.store.select_instances(sop_uids=[lost])
+    path = container.store.local_path(record)
+    assert path is not None
+    path.unlink()  # the blob vanished (disk fault): that sub-operation fails, not the server
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", scp, ae_title="MEDFLOW")
+    try:
+        responses = list(
+            assoc.send_c_move(
+                ident("STUDY", StudyInstanceUID=str(a[0].StudyInstanceUID)),
+                "DEST",
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+        )
+    finally:
+        assoc.release()
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000
+    assert final.NumberOfCompletedSuboperations == 5
+    assert final.NumberOfFailedSuboperations == 1
+    assert identifier is not None
+    failed = identifier.FailedSOPInstanceUIDList
+    assert (failed if isinstance(failed, str) else list(failed)) in (lost, [lost])
+    assert lost not in received.items and len(received.items) == 5

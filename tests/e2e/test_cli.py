@@ -31,8 +31,14 @@ def env() -> dict[str, str]:
 
 
 def medflow(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(MEDFLOW), *map(str, args)], capture_output=True, text=True,
-                          env=env(), timeout=timeout, check=False)
+    return subprocess.run(
+        [str(MEDFLOW), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        check=False,
+    )
 
 
 def counts(data_dir: Path) -> dict[str, int]:
@@ -112,8 +118,10 @@ def test_ingest_url(live_server: str, store: Any, inbox: dict[str, Any]) -> None
     assert "Traceback" not in out
     assert out.count("0x0122") == 1 and out.count("0xC000") == 4
     assert store.counts()["instances"] == 4
-    assert {r.sop_instance_uid for r in store.find_instances(
-        study_uid=inbox["good"][0].StudyInstanceUID)} == {inbox["good"][0].SOPInstanceUID}
+    assert {
+        r.sop_instance_uid
+        for r in store.find_instances(study_uid=inbox["good"][0].StudyInstanceUID)
+    } == {inbox["good"][0].SOPInstanceUID}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -127,9 +135,23 @@ def test_ingest_url_names_each_bad_file(live_server: str, inbox: dict[str, Any])
 def test_serve_answers_healthz(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [str(MEDFLOW), "serve", "--data-dir", str(tmp_path / "data"), "--port", str(port),
-         "--dimse-port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+        [
+            str(MEDFLOW),
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(port),
+            "--dimse-port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
     try:
         deadline = time.monotonic() + 60
         status = None

@@ -41,8 +41,11 @@ def _valid_uid(value: Any) -> bool:
 
 def _runs_past_end(ds: Any, size: int) -> bool:
     last = ds.get_item(sorted(ds.keys())[-1], keep_deferred=True)
-    return (isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF
-            and last.value_tell + last.length > size)
+    return (
+        isinstance(last, RawDataElement)
+        and last.length != 0xFFFFFFFF
+        and last.value_tell + last.length > size
+    )
 
 
 def expected(path: Path) -> Expected:
@@ -61,23 +64,34 @@ def expected(path: Path) -> Expected:
         return Expected(False, 0xC000, "file meta lacks TransferSyntaxUID/MediaStorageSOPClassUID")
     if sop_class_meta == DICOMDIR_CLASS:
         return Expected(False, 0x0122, "a DICOMDIR")
-    uids = {k: str(ds.get(k, "") or "") for k in
-            ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+    uids = {
+        k: str(ds.get(k, "") or "")
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    }
     bad = [k for k, v in uids.items() if not _valid_uid(v)]
     if bad:
         return Expected(False, 0xA900, f"{bad[0]} missing or invalid")
     if ts not in DEFLATED and _runs_past_end(ds, len(data)):
         return Expected(False, 0xC000, "truncated: last element runs past the end of the file")
-    return Expected(True, uids=(uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
-                                uids["SOPInstanceUID"]))
+    return Expected(
+        True, uids=(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"])
+    )
 
 
 def stow(http: httpx.Client, data: bytes) -> httpx.Response:
-    body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
-            + f"\r\n--{BOUNDARY}--\r\n".encode())
-    return http.post("/dicomweb/studies", content=body, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
-        "Accept": "application/dicom+json"})
+    body = (
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    return http.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+            "Accept": "application/dicom+json",
+        },
+    )
 
 
 def split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
@@ -87,7 +101,7 @@ def split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     delim = b"--" + m.group(1).encode()
     assert body.startswith(delim), body[:80]
     parts = []
-    for chunk in body[len(delim):].split(b"\r\n" + delim):
+    for chunk in body[len(delim) :].split(b"\r\n" + delim):
         if chunk.startswith(b"--"):
             break
         head, _, data = chunk[2:].partition(b"\r\n\r\n")
@@ -98,8 +112,10 @@ def split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
 def retrieve(http: httpx.Client, uids: tuple[str, str, str]) -> bytes:
     """WADO-RS retrieve of one instance in the transfer syntax it was stored in."""
     study, series, sop = uids
-    r = http.get(f"/dicomweb/studies/{study}/series/{series}/instances/{sop}", headers={
-        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    r = http.get(
+        f"/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
     assert r.status_code == 200, (r.status_code, r.text[:300])
     assert r.headers["content-type"].startswith("multipart/related")
     ((head, data),) = split_multipart(r.content, r.headers["content-type"])
@@ -138,19 +154,24 @@ def test_every_pydicom_test_file(live_server: str, container: Any) -> None:
                 assert exp.uids
                 got = retrieve(http, exp.uids)
                 if got != data:
-                    problems.append(f"{name}: retrieved {len(got)} bytes, sent {len(data)}, "
-                                    f"sha {hashlib.sha256(got).hexdigest()[:12]}")
+                    problems.append(
+                        f"{name}: retrieved {len(got)} bytes, sent {len(data)}, "
+                        f"sha {hashlib.sha256(got).hexdigest()[:12]}"
+                    )
                 # Delete it again: several files share a SOP Instance UID with other content.
-                d = http.delete(f"/dicomweb/studies/{exp.uids[0]}/series/{exp.uids[1]}"
-                                f"/instances/{exp.uids[2]}")
+                d = http.delete(
+                    f"/dicomweb/studies/{exp.uids[0]}/series/{exp.uids[1]}/instances/{exp.uids[2]}"
+                )
                 if d.status_code != 204:
                     problems.append(f"{name}: DELETE gave {d.status_code}")
                 tally["stored"] += 1
             else:
                 got_reasons = [i.get("00081197", {}).get("Value", [None])[0] for i in failed]
                 if r.status_code != 409 or got_reasons != [exp.reason]:
-                    problems.append(f"{name}: expected refusal 0x{exp.reason:04X} ({exp.why}), "
-                                    f"got {r.status_code} {got_reasons}")
+                    problems.append(
+                        f"{name}: expected refusal 0x{exp.reason:04X} ({exp.why}), "
+                        f"got {r.status_code} {got_reasons}"
+                    )
                     continue
                 reasons_seen.add(exp.reason)  # type: ignore[arg-type]
                 tally["refused"] += 1

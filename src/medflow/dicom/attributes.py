@@ -171,6 +171,16 @@ def parse_dataset(ds: FileDataset, *, size: int) -> ParsedInstance:
         if not is_valid_uid(value):
             state = "missing" if not value else "not a valid UID"
             raise InvalidInput(f"{key} is {state}", dicom_reason=0xA900)
+    # PS3.10 7.1: the file meta names the SOP class of the data set (for C-STORE, pynetdicom
+    # writes the command's Affected SOP Class UID there): a data set of another class is
+    # 0xA900, "data set does not match SOP class" (PS3.4 B.2.3). A differing Media Storage
+    # SOP Instance UID is tolerated (real files have it); the data set's own UID is indexed.
+    declared = str(meta.MediaStorageSOPClassUID or "").rstrip("\0 ")
+    if declared and declared != uids["SOPClassUID"]:
+        raise InvalidInput(
+            "SOPClassUID differs from MediaStorageSOPClassUID of the file meta",
+            dicom_reason=0xA900,
+        )
     prefix = (
         f"studies/{uids['StudyInstanceUID']}/series/{uids['SeriesInstanceUID']}"
         f"/instances/{uids['SOPInstanceUID']}/bulkdata/"

@@ -5,6 +5,7 @@ Nothing is held in memory: a 2 GB STOW-RS request or a large C-STORE is streamed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -13,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from medflow.core.errors import StorageFailure
 
 _COUNTER = itertools.count()
 _PREFIX = secrets.token_hex(4)
@@ -30,37 +33,55 @@ class SpooledObject:
         self.path.unlink(missing_ok=True)
 
 
+def _disk_failure(exc: OSError) -> StorageFailure:
+    """A spool write that failed (disk full, I/O error) is out of resources (0xA700): the
+    sender may retry, unlike "cannot understand"."""
+    return StorageFailure(f"cannot write the spool file: {exc.strerror or type(exc).__name__}")
+
+
 class SpoolWriter:
-    """Write one object to a spool file, hashing as it goes."""
+    """Write one object to a spool file, hashing as it goes. Disk errors raise
+    ``StorageFailure``."""
 
     def __init__(self, spool_dir: Path) -> None:
         # A process-unique counter names the file (cheaper than mkstemp's random probing);
         # O_EXCL still guarantees the file is new.
         self.path = spool_dir / f"in-{os.getpid()}-{_PREFIX}-{next(_COUNTER)}.part"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileNotFoundError:
-            spool_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                spool_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise _disk_failure(exc) from exc
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _disk_failure(exc) from exc
         self._hash.update(data)
         self.size += len(data)
 
     def finish(self, *, fsync: bool = True) -> SpooledObject:
-        self._file.flush()
-        if fsync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            if fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            self.abort()
+            raise _disk_failure(exc) from exc
         self._file.close()
         return SpooledObject(self.path, self.size, self._hash.hexdigest())
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # closing flushes: the disk may still be full
+                self._file.close()
         self.path.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ run: system-deps-run $(STAMP)
 ## Static checks: ruff, mypy (strict), import-linter (layering of DESIGN.md).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -36,11 +36,18 @@ def reasons(response: Any) -> list[int]:
 
 def snapshot(client: TestClient, store: Any) -> dict[str, Any]:
     with store.read_session() as s:
-        rows = sorted(tuple(r) for r in s.execute(
-            select(Instance.sop_instance_uid, Instance.sha256, Instance.blob_key, Instance.size)))
+        rows = sorted(
+            tuple(r)
+            for r in s.execute(
+                select(Instance.sop_instance_uid, Instance.sha256, Instance.blob_key, Instance.size)
+            )
+        )
     root = store.blobs.root  # filesystem blobs (the default ``blob_settings``)
-    blobs = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in root.rglob("*") if p.is_file()}
+    blobs = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
     r = client.get("/dicomweb/changefeed", params={"limit": 10000})
     assert r.status_code == 200
     return {"counts": store.counts(), "rows": rows, "blobs": blobs, "feed": r.json()}
@@ -50,8 +57,9 @@ def snapshot(client: TestClient, store: Any) -> dict[str, Any]:
 def seeded(client: TestClient, store: Any) -> Iterator[dict[str, Any]]:
     """Three instances in one study stored first; yields the snapshot and checks it after."""
     study = pydicom.uid.generate_uid()
-    dss = [make_instance(study_uid=study, series_uid=None if i == 2 else "1.2.3.4.5")
-           for i in range(3)]
+    dss = [
+        make_instance(study_uid=study, series_uid=None if i == 2 else "1.2.3.4.5") for i in range(3)
+    ]
     mp = multipart([to_bytes(d) for d in dss])
     r = client.post("/dicomweb/studies", content=mp.body, headers={"Content-Type": mp.content_type})
     assert r.status_code == 200, r.text
@@ -65,8 +73,9 @@ def seeded(client: TestClient, store: Any) -> Iterator[dict[str, Any]]:
     assert not [p for p in store.spool_dir.rglob("*") if p.is_file()], "spool files left behind"
 
 
-def post(client: TestClient, body: bytes, ctype: str = CTYPE,
-         path: str = "/dicomweb/studies") -> Any:
+def post(
+    client: TestClient, body: bytes, ctype: str = CTYPE, path: str = "/dicomweb/studies"
+) -> Any:
     return client.post(path, content=body, headers={"Content-Type": ctype})
 
 
@@ -134,11 +143,15 @@ def test_missing_file_meta(client: TestClient, seeded: dict[str, Any]) -> None:
 BAD_UIDS = ["", "1.2.abc", "1." + "2" * 63, "../../etc", "1.2/../3", "%2e%2e", "1.2.3\\4.5"]
 
 
-def test_invalid_uids_in_dataset(client: TestClient, seeded: dict[str, Any],
-                                 tmp_path: Path) -> None:
+def test_invalid_uids_in_dataset(
+    client: TestClient, seeded: dict[str, Any], tmp_path: Path
+) -> None:
     assert len(BAD_UIDS[2]) == 65
-    keywords = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
-                "sop_uid": "SOPInstanceUID"}
+    keywords = {
+        "study_uid": "StudyInstanceUID",
+        "series_uid": "SeriesInstanceUID",
+        "sop_uid": "SOPInstanceUID",
+    }
     for attr, keyword in keywords.items():
         for bad in BAD_UIDS:
             ds = make_instance(**{attr: "1.2.3"})
@@ -180,10 +193,12 @@ def test_path_traversal_in_delete_urls(client: TestClient, seeded: dict[str, Any
     study = seeded["study"]
     series = seeded["datasets"][0].SeriesInstanceUID
     for bad in TRAVERSALS:
-        for path in (f"/dicomweb/studies/{bad}",
-                     f"/dicomweb/studies/{study}/series/{bad}",
-                     f"/dicomweb/studies/{study}/series/{series}/instances/{bad}",
-                     f"/dicomweb/studies/{bad}/series/{series}"):
+        for path in (
+            f"/dicomweb/studies/{bad}",
+            f"/dicomweb/studies/{study}/series/{bad}",
+            f"/dicomweb/studies/{study}/series/{series}/instances/{bad}",
+            f"/dicomweb/studies/{bad}/series/{series}",
+        ):
             r = client.delete(path)
             assert r.status_code in (400, 404, 405), (path, r.status_code, r.text)
 
@@ -192,11 +207,13 @@ def test_path_traversal_in_delete_urls(client: TestClient, seeded: dict[str, Any
 def test_path_traversal_in_get_urls(client: TestClient, seeded: dict[str, Any]) -> None:
     study = seeded["study"]
     for bad in TRAVERSALS:
-        for path in (f"/dicomweb/studies/{bad}",
-                     f"/dicomweb/studies/{bad}/metadata",
-                     f"/dicomweb/studies/{study}/series/{bad}",
-                     f"/dicomweb/studies/{study}/series/{bad}/instances/{bad}",
-                     f"/dicomweb/studies/{study}/series/{bad}/instances/{bad}/frames/1"):
+        for path in (
+            f"/dicomweb/studies/{bad}",
+            f"/dicomweb/studies/{bad}/metadata",
+            f"/dicomweb/studies/{study}/series/{bad}",
+            f"/dicomweb/studies/{study}/series/{bad}/instances/{bad}",
+            f"/dicomweb/studies/{study}/series/{bad}/instances/{bad}/frames/1",
+        ):
             r = client.get(path)
             assert r.status_code in (400, 404, 405, 406), (path, r.status_code, r.text)
 
@@ -235,14 +252,24 @@ def test_wrong_content_type(client: TestClient, seeded: dict[str, Any]) -> None:
 def test_body_without_closing_boundary(client: TestClient, seeded: dict[str, Any]) -> None:
     mp = multipart([to_bytes(make_instance()), to_bytes(make_instance())])
     closing = f"--{BOUNDARY}--\r\n".encode()
-    for body in (mp.body[: -len(closing)], mp.body[: -len(closing)] + closing[:-4],
-                 mp.body[: len(mp.body) // 2]):
+    for body in (
+        mp.body[: -len(closing)],
+        mp.body[: -len(closing)] + closing[:-4],
+        mp.body[: len(mp.body) // 2],
+    ):
         r = post(client, body)
         assert r.status_code == 400, r.text
 
 
-GARBAGE_BOUNDARY_CASES = ["too-long", "unused", "bad-delimiter-line", "no-delimiter",
-                          "empty-param", "quoted-garbage", "only-dashes"]
+GARBAGE_BOUNDARY_CASES = [
+    "too-long",
+    "unused",
+    "bad-delimiter-line",
+    "no-delimiter",
+    "empty-param",
+    "quoted-garbage",
+    "only-dashes",
+]
 
 
 @SQLITE_ONLY
@@ -279,10 +306,16 @@ def _garbage_boundary(client: TestClient, data: bytes, case: str) -> int:
 @pytest.mark.parametrize("head", ["one-long", "many-short"])
 def test_huge_header_block_in_a_part(client: TestClient, store: Any, head: str) -> None:
     data = to_bytes(make_instance())
-    block = (f"X-Padding: {'a' * 20000}\r\n" if head == "one-long"
-             else "".join(f"X-H{i}: v\r\n" for i in range(4000)))
-    body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n{block}\r\n".encode() + data
-            + f"\r\n--{BOUNDARY}--\r\n".encode())
+    block = (
+        f"X-Padding: {'a' * 20000}\r\n"
+        if head == "one-long"
+        else "".join(f"X-H{i}: v\r\n" for i in range(4000))
+    )
+    body = (
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n{block}\r\n".encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     r = post(client, body)
     assert client.get("/healthz").status_code == 200
     assert r.status_code == 400, r.text
@@ -292,8 +325,11 @@ def test_huge_header_block_in_a_part(client: TestClient, store: Any, head: str) 
 @SQLITE_ONLY
 def test_malformed_part_header_line(client: TestClient, seeded: dict[str, Any]) -> None:
     data = to_bytes(make_instance())
-    body = (f"--{BOUNDARY}\r\nthis line has no colon\r\n\r\n".encode() + data
-            + f"\r\n--{BOUNDARY}--\r\n".encode())
+    body = (
+        f"--{BOUNDARY}\r\nthis line has no colon\r\n\r\n".encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     assert post(client, body).status_code == 400
 
 
@@ -301,30 +337,57 @@ def test_malformed_part_header_line(client: TestClient, seeded: dict[str, Any]) 
 # Change feed parameters, QIDO values
 # ------------------------------------------------------------------------------------------
 ABSURD_FEED_PARAMS = [
-    {"limit": "-1"}, {"limit": "abc"}, {"limit": str(10**9)}, {"limit": "0"},
-    {"limit": "1e3"}, {"offset": "-1"}, {"offset": "x"}, {"offset": str(10**30)},
-    {"startTime": "yesterday"}, {"endTime": "2024-13-45T99:99:99"},
+    {"limit": "-1"},
+    {"limit": "abc"},
+    {"limit": str(10**9)},
+    {"limit": "0"},
+    {"limit": "1e3"},
+    {"offset": "-1"},
+    {"offset": "x"},
+    {"offset": str(10**30)},
+    {"startTime": "yesterday"},
+    {"endTime": "2024-13-45T99:99:99"},
     {"includemetadata": "perhaps"},
 ]
 
 
 @SQLITE_ONLY
 def test_absurd_change_feed_parameters(client: TestClient, seeded: dict[str, Any]) -> None:
-    got = [(p, client.get("/dicomweb/changefeed", params=p).status_code)
-           for p in ABSURD_FEED_PARAMS]
+    got = [
+        (p, client.get("/dicomweb/changefeed", params=p).status_code) for p in ABSURD_FEED_PARAMS
+    ]
     assert got == [(p, 400) for p in ABSURD_FEED_PARAMS]
 
 
-QIDO_VALUES = ["O'Brien", "100%", "%", "_", "a\"b", "'; DROP TABLE study; --",
-               "1' OR '1'='1", "*", "\\", "Doe^*", "x" * 5000, "\u00e9\u4e2d"]
+QIDO_VALUES = [
+    "O'Brien",
+    "100%",
+    "%",
+    "_",
+    'a"b',
+    "'; DROP TABLE study; --",
+    "1' OR '1'='1",
+    "*",
+    "\\",
+    "Doe^*",
+    "x" * 5000,
+    "\u00e9\u4e2d",
+]
 
 
 @SQLITE_ONLY
 def test_qido_values_with_quotes_percent_sql(client: TestClient, seeded: dict[str, Any]) -> None:
     for v in QIDO_VALUES:
-        for params in ({"PatientName": v}, {"PatientID": v}, {"StudyInstanceUID": v},
-                       {"StudyDate": v}, {"00100020": v}, {"fuzzymatching": v},
-                       {"limit": v}, {"includefield": v}):
+        for params in (
+            {"PatientName": v},
+            {"PatientID": v},
+            {"StudyInstanceUID": v},
+            {"StudyDate": v},
+            {"00100020": v},
+            {"fuzzymatching": v},
+            {"limit": v},
+            {"includefield": v},
+        ):
             r = client.get("/dicomweb/studies", params=params)
             assert r.status_code in (200, 204, 400), (params, r.status_code, r.text[:200])
 
@@ -335,8 +398,12 @@ def test_qido_values_with_quotes_percent_sql(client: TestClient, seeded: dict[st
 def test_values_longer_than_their_vr_are_stored(client: TestClient, store: Any) -> None:
     """Old ACR-NEMA style dates ('1997.04.24', as in pydicom's ExplVR_BigEnd.dcm) and overlong
     values are common in the wild; the archive stores the object as sent."""
-    ds = make_instance(study_date="1997.04.24", study_time="14:04:38.123456",
-                       PatientSex="UNKNOWN-VALUE-TOO-LONG", StudyID="S" * 20)
+    ds = make_instance(
+        study_date="1997.04.24",
+        study_time="14:04:38.123456",
+        PatientSex="UNKNOWN-VALUE-TOO-LONG",
+        StudyID="S" * 20,
+    )
     r = stow_one(client, to_bytes(ds))
     assert r.status_code == 200, r.text
     assert client.get("/healthz").status_code == 200

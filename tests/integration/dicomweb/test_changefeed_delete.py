@@ -95,7 +95,8 @@ def test_include_metadata_gives_dicom_json_with_absolute_bulkdata(
         assert "InlineBinary" not in pixel
         assert pixel["BulkDataURI"].startswith(
             f"http://testserver/dicomweb/studies/{d.StudyInstanceUID}/series/"
-            f"{d.SeriesInstanceUID}/instances/{d.SOPInstanceUID}/")
+            f"{d.SeriesInstanceUID}/instances/{d.SOPInstanceUID}/"
+        )
         assert not any(k.startswith("0002") for k in meta)  # no file meta in the JSON model
     assert all("Metadata" not in e for e in feed(client, includemetadata="false"))
 
@@ -137,8 +138,10 @@ def test_latest(client: TestClient) -> None:
 
 def test_delete_entries(client: TestClient, five: list[Any]) -> None:
     target = five[1]
-    r = client.delete(f"/dicomweb/studies/{target.StudyInstanceUID}/series/"
-                      f"{target.SeriesInstanceUID}/instances/{target.SOPInstanceUID}")
+    r = client.delete(
+        f"/dicomweb/studies/{target.StudyInstanceUID}/series/"
+        f"{target.SeriesInstanceUID}/instances/{target.SOPInstanceUID}"
+    )
     assert r.status_code == 204
     entries = feed(client, includemetadata="true")
     assert len(entries) == 6
@@ -163,7 +166,8 @@ def test_delete_study_feed_entries(client: TestClient, five: list[Any]) -> None:
     entries = feed(client)
     deletes = [e for e in entries if e["Action"] == "delete"]
     assert sorted(e["SOPInstanceUID"] for e in deletes) == sorted(
-        d.SOPInstanceUID for d in five[:3])
+        d.SOPInstanceUID for d in five[:3]
+    )
     assert all(e["State"] == "deleted" for e in entries if e["StudyInstanceUID"] == study)
     assert all(e["State"] == "current" for e in entries if e["StudyInstanceUID"] != study)
 
@@ -195,10 +199,18 @@ def test_delete_instance_series_study(client: TestClient, container: Any) -> Non
     assert store.counts() == {"studies": 2, "series": 2, "instances": 3}  # empty series gone
     assert client.delete(f"/dicomweb/studies/{study}/series/{s1}").status_code == 404
 
-    assert client.delete(f"/dicomweb/studies/{study}/series/{s2}/instances/"
-                         f"{dss[2].SOPInstanceUID}").status_code == 204
-    assert client.delete(f"/dicomweb/studies/{study}/series/{s2}/instances/"
-                         f"{dss[3].SOPInstanceUID}").status_code == 204
+    assert (
+        client.delete(
+            f"/dicomweb/studies/{study}/series/{s2}/instances/{dss[2].SOPInstanceUID}"
+        ).status_code
+        == 204
+    )
+    assert (
+        client.delete(
+            f"/dicomweb/studies/{study}/series/{s2}/instances/{dss[3].SOPInstanceUID}"
+        ).status_code
+        == 204
+    )
     # The last instance of a study removes its series and study rows too.
     assert store.counts() == {"studies": 1, "series": 1, "instances": 1}
     assert client.delete(f"/dicomweb/studies/{study}").status_code == 404
@@ -215,14 +227,15 @@ def test_delete_instance_series_study(client: TestClient, container: Any) -> Non
 def test_delete_absent_gives_404(client: TestClient, five: list[Any]) -> None:
     d = five[0]
     absent = pydicom.uid.generate_uid()
-    for path in (f"/dicomweb/studies/{absent}",
-                 f"/dicomweb/studies/{d.StudyInstanceUID}/series/{absent}",
-                 f"/dicomweb/studies/{d.StudyInstanceUID}/series/{d.SeriesInstanceUID}"
-                 f"/instances/{absent}",
-                 # exists, but not under that study / series
-                 f"/dicomweb/studies/{five[4].StudyInstanceUID}/series/{d.SeriesInstanceUID}",
-                 f"/dicomweb/studies/{d.StudyInstanceUID}/series/{five[1].SeriesInstanceUID}"
-                 f"/instances/{d.SOPInstanceUID}"):
+    for path in (
+        f"/dicomweb/studies/{absent}",
+        f"/dicomweb/studies/{d.StudyInstanceUID}/series/{absent}",
+        f"/dicomweb/studies/{d.StudyInstanceUID}/series/{d.SeriesInstanceUID}/instances/{absent}",
+        # exists, but not under that study / series
+        f"/dicomweb/studies/{five[4].StudyInstanceUID}/series/{d.SeriesInstanceUID}",
+        f"/dicomweb/studies/{d.StudyInstanceUID}/series/{five[1].SeriesInstanceUID}"
+        f"/instances/{d.SOPInstanceUID}",
+    ):
         r = client.delete(path)
         assert r.status_code == 404, (path, r.text)
     assert len(feed(client)) == 5
@@ -236,7 +249,10 @@ def test_delete_then_store_again(client: TestClient, container: Any) -> None:
     stow(client, [ds])
     entries = feed(client)
     assert [(e["Action"], e["State"]) for e in entries] == [
-        ("create", "deleted"), ("delete", "deleted"), ("create", "current")]
+        ("create", "deleted"),
+        ("delete", "deleted"),
+        ("create", "current"),
+    ]
     assert container.store.counts()["instances"] == 1
     assert len(blob_files(container)) == 1
     assert container.store.verify().ok

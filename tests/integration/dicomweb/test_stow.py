@@ -29,12 +29,20 @@ REF_SOP_CLASS = "00081150"
 RETRIEVE_URL = "00081190"
 
 
-def stow(client: TestClient, parts: list[bytes], *, study: str | None = None,
-         part_type: str = "application/dicom") -> Any:
+def stow(
+    client: TestClient,
+    parts: list[bytes],
+    *,
+    study: str | None = None,
+    part_type: str = "application/dicom",
+) -> Any:
     mp = multipart(parts, part_type=part_type)
     path = "/dicomweb/studies" + (f"/{study}" if study else "")
-    return client.post(path, content=mp.body, headers={"Content-Type": mp.content_type,
-                                                        "Accept": "application/dicom+json"})
+    return client.post(
+        path,
+        content=mp.body,
+        headers={"Content-Type": mp.content_type, "Accept": "application/dicom+json"},
+    )
 
 
 def items(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -125,8 +133,9 @@ def test_unsupported_content_type_gives_415(client: TestClient, store, content_t
 
 @SQLITE_ONLY
 def test_missing_content_type_gives_415(client: TestClient, store) -> None:  # type: ignore[no-untyped-def]
-    r = client.post("/dicomweb/studies", content=to_bytes(make_instance()),
-                    headers={"Content-Type": ""})
+    r = client.post(
+        "/dicomweb/studies", content=to_bytes(make_instance()), headers={"Content-Type": ""}
+    )
     assert r.status_code == 415, r.text
     assert store.counts()["instances"] == 0
 
@@ -134,8 +143,11 @@ def test_missing_content_type_gives_415(client: TestClient, store) -> None:  # t
 @SQLITE_ONLY
 def test_no_boundary_gives_400(client: TestClient, store) -> None:  # type: ignore[no-untyped-def]
     mp = multipart([to_bytes(make_instance())])
-    r = client.post("/dicomweb/studies", content=mp.body,
-                    headers={"Content-Type": 'multipart/related; type="application/dicom"'})
+    r = client.post(
+        "/dicomweb/studies",
+        content=mp.body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"'},
+    )
     assert r.status_code == 400, r.text
     assert store.counts()["instances"] == 0
 
@@ -160,8 +172,11 @@ def test_body_without_closing_boundary_stores_nothing(client: TestClient, contai
     assert blob_files(container.settings.resolved_blob_path()) == []
     assert spool_files(container) == []
     # Cut in the middle of the last part too.
-    r = client.post("/dicomweb/studies", content=mp.body[: len(mp.body) * 2 // 3],
-                    headers={"Content-Type": mp.content_type})
+    r = client.post(
+        "/dicomweb/studies",
+        content=mp.body[: len(mp.body) * 2 // 3],
+        headers={"Content-Type": mp.content_type},
+    )
     assert r.status_code == 400, r.text
     assert container.store.counts()["instances"] == 0
     assert spool_files(container) == []
@@ -196,9 +211,12 @@ def test_failed_item_of_study_mismatch_names_the_instance(client: TestClient) ->
 def test_failure_reasons_per_instance(client: TestClient, store) -> None:  # type: ignore[no-untyped-def]
     stored = make_instance()
     assert stow(client, [to_bytes(stored)]).status_code == 200
-    changed = make_instance(study_uid=stored.StudyInstanceUID,
-                            series_uid=stored.SeriesInstanceUID,
-                            sop_uid=stored.SOPInstanceUID, seed=99)
+    changed = make_instance(
+        study_uid=stored.StudyInstanceUID,
+        series_uid=stored.SeriesInstanceUID,
+        sop_uid=stored.SOPInstanceUID,
+        seed=99,
+    )
     full = to_bytes(make_instance())
     no_meta = make_instance()
     del no_meta.file_meta
@@ -209,11 +227,11 @@ def test_failure_reasons_per_instance(client: TestClient, store) -> None:  # typ
     dicomdir = Path(get_testdata_file("DICOMDIR")).read_bytes()  # type: ignore[arg-type]
     good = make_instance()
     parts = [
-        b"%PDF-1.4 not DICOM" * 10,   # not DICOM -> C000
-        full[: len(full) - 100],       # truncated in Pixel Data -> C000
-        buf.getvalue(),                # no preamble, no file meta -> C000
-        to_bytes(changed),             # same SOP Instance UID, other content -> 0111
-        dicomdir,                      # a DICOMDIR -> 0122
+        b"%PDF-1.4 not DICOM" * 10,  # not DICOM -> C000
+        full[: len(full) - 100],  # truncated in Pixel Data -> C000
+        buf.getvalue(),  # no preamble, no file meta -> C000
+        to_bytes(changed),  # same SOP Instance UID, other content -> 0111
+        dicomdir,  # a DICOMDIR -> 0122
         to_bytes(good),
     ]
     r = stow(client, parts)
@@ -225,8 +243,7 @@ def test_failure_reasons_per_instance(client: TestClient, store) -> None:  # typ
     assert value(dup, REF_SOP_UID) == stored.SOPInstanceUID
     assert store.counts()["instances"] == 2
     # The duplicate did not replace what was stored first.
-    (rec,) = store.find_instances(study_uid=stored.StudyInstanceUID,
-                                  sop_uid=stored.SOPInstanceUID)
+    (rec,) = store.find_instances(study_uid=stored.StudyInstanceUID, sop_uid=stored.SOPInstanceUID)
     assert rec.sha256 == hashlib.sha256(to_bytes(stored)).hexdigest()
 
 
@@ -235,12 +252,19 @@ def test_part_of_another_type_fails_with_c000(client: TestClient, store) -> None
     good = to_bytes(make_instance())
     boundary = "b0undary"
     body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + good
-        + f"\r\n--{boundary}\r\nContent-Type: image/jpeg\r\n\r\n".encode() + b"\xff\xd8\xff"
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + good
+        + f"\r\n--{boundary}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+        + b"\xff\xd8\xff"
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    r = client.post("/dicomweb/studies", content=body, headers={
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    r = client.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+    )
     assert r.status_code == 202, r.text
     assert reasons(r.json()) == [0xC000]
     assert store.counts()["instances"] == 1
@@ -270,8 +294,9 @@ def make_client(tmp_path: Path, db_url: str, blob_settings: BlobSettings) -> Ite
     made: list[tuple[Any, TestClient]] = []
 
     def make(**kwargs: Any) -> tuple[Any, TestClient]:
-        settings = Settings(data_dir=tmp_path / "custom", database_url=db_url,
-                            blobs=blob_settings, **kwargs)
+        settings = Settings(
+            data_dir=tmp_path / "custom", database_url=db_url, blobs=blob_settings, **kwargs
+        )
         container = build(settings)
         client = TestClient(create_app(container))
         client.__enter__()
@@ -287,8 +312,12 @@ def make_client(tmp_path: Path, db_url: str, blob_settings: BlobSettings) -> Ite
 def test_overwrite_when_configured(make_client: Any) -> None:
     container, client = make_client(store=StoreSettings(overwrite=True))
     old = make_instance()
-    new = make_instance(study_uid=old.StudyInstanceUID, series_uid=old.SeriesInstanceUID,
-                        sop_uid=old.SOPInstanceUID, seed=7)
+    new = make_instance(
+        study_uid=old.StudyInstanceUID,
+        series_uid=old.SeriesInstanceUID,
+        sop_uid=old.SOPInstanceUID,
+        seed=7,
+    )
     old_bytes, new_bytes = to_bytes(old), to_bytes(new)
     assert old_bytes != new_bytes
     assert stow(client, [old_bytes]).status_code == 200
@@ -297,13 +326,16 @@ def test_overwrite_when_configured(make_client: Any) -> None:
     r = stow(client, [new_bytes])
     assert r.status_code == 200, r.text
     entries = feed(client)
-    assert [(e["Action"], e["State"]) for e in entries] == [("create", "replaced"),
-                                                              ("update", "current")]
+    assert [(e["Action"], e["State"]) for e in entries] == [
+        ("create", "replaced"),
+        ("update", "current"),
+    ]
     assert {e["SOPInstanceUID"] for e in entries} == {old.SOPInstanceUID}
     (new_blob,) = blob_files(root)
     assert not old_blob.exists()
-    assert hashlib.sha256(new_blob.read_bytes()).hexdigest() == hashlib.sha256(
-        new_bytes).hexdigest()
+    assert (
+        hashlib.sha256(new_blob.read_bytes()).hexdigest() == hashlib.sha256(new_bytes).hexdigest()
+    )
     assert container.store.counts()["instances"] == 1
     report = container.store.verify()
     assert report.ok, report
@@ -311,8 +343,12 @@ def test_overwrite_when_configured(make_client: Any) -> None:
 
 def test_overwrite_off_keeps_first(client: TestClient, store) -> None:  # type: ignore[no-untyped-def]
     old = make_instance()
-    new = make_instance(study_uid=old.StudyInstanceUID, series_uid=old.SeriesInstanceUID,
-                        sop_uid=old.SOPInstanceUID, seed=7)
+    new = make_instance(
+        study_uid=old.StudyInstanceUID,
+        series_uid=old.SeriesInstanceUID,
+        sop_uid=old.SOPInstanceUID,
+        seed=7,
+    )
     assert stow(client, [to_bytes(old)]).status_code == 200
     r = stow(client, [to_bytes(new)])
     assert r.status_code == 409
@@ -325,15 +361,15 @@ def test_overwrite_off_keeps_first(client: TestClient, store) -> None:  # type: 
 # Any transfer syntax, byte for byte
 # ------------------------------------------------------------------------------------------
 TS_FILES = [
-    "CT_small.dcm",             # explicit VR little endian
-    "MR_small_bigendian.dcm",   # explicit VR big endian (retired)
-    "rtplan.dcm",               # implicit VR little endian
-    "image_dfl.dcm",            # deflated explicit VR little endian
-    "JPEG2000.dcm",             # JPEG 2000
-    "SC_rgb_rle.dcm",           # RLE lossless
-    "GDCMJ2K_TextGBR.dcm",      # JPEG 2000 lossless
-    "JPEG-lossy.dcm",           # JPEG extended
-    "SC_rgb_jpeg_dcmtk.dcm",    # JPEG baseline
+    "CT_small.dcm",  # explicit VR little endian
+    "MR_small_bigendian.dcm",  # explicit VR big endian (retired)
+    "rtplan.dcm",  # implicit VR little endian
+    "image_dfl.dcm",  # deflated explicit VR little endian
+    "JPEG2000.dcm",  # JPEG 2000
+    "SC_rgb_rle.dcm",  # RLE lossless
+    "GDCMJ2K_TextGBR.dcm",  # JPEG 2000 lossless
+    "JPEG-lossy.dcm",  # JPEG extended
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline
 ]
 
 
@@ -364,11 +400,13 @@ def test_retrieve_url_uses_public_url(make_client: Any) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert value(body, RETRIEVE_URL) == (
-        f"https://pacs.example.org/dicomweb/studies/{ds.StudyInstanceUID}")
+        f"https://pacs.example.org/dicomweb/studies/{ds.StudyInstanceUID}"
+    )
     (item,) = items(body, REFERENCED)
     assert value(item, RETRIEVE_URL) == (
         f"https://pacs.example.org/dicomweb/studies/{ds.StudyInstanceUID}"
-        f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+        f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
 
 
 @SQLITE_ONLY

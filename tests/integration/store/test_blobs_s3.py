@@ -24,8 +24,13 @@ def blob_settings(s3_blob_settings: BlobSettings) -> BlobSettings:
 
 @pytest.fixture
 def s3(blob_settings: BlobSettings) -> Any:
-    return boto3.client("s3", endpoint_url=blob_settings.s3_endpoint_url, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=blob_settings.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def objects(s3: Any, bucket: str) -> dict[str, bytes]:
@@ -43,8 +48,9 @@ def test_store_retrieve_delete_verify_round_trip(
     bucket = blob_settings.s3_bucket
     assert container.settings.blobs.backend == "s3"
     study = pydicom.uid.generate_uid()
-    dss = [make_instance(study_uid=study, series_uid="1.2.3" if i < 2 else "1.2.4")
-           for i in range(3)]
+    dss = [
+        make_instance(study_uid=study, series_uid="1.2.3" if i < 2 else "1.2.4") for i in range(3)
+    ]
     sent = {d.SOPInstanceUID: to_bytes(d) for d in dss}
     mp = multipart(list(sent.values()))
     r = client.post("/dicomweb/studies", content=mp.body, headers={"Content-Type": mp.content_type})
@@ -53,10 +59,12 @@ def test_store_retrieve_delete_verify_round_trip(
     stored = objects(s3, bucket)
     assert len(stored) == 3
     assert sorted(hashlib.sha256(b).hexdigest() for b in stored.values()) == sorted(
-        hashlib.sha256(b).hexdigest() for b in sent.values())
+        hashlib.sha256(b).hexdigest() for b in sent.values()
+    )
     assert not [p for p in store.spool_dir.rglob("*") if p.is_file()]
     assert not container.settings.resolved_blob_path().exists() or not [
-        p for p in container.settings.resolved_blob_path().rglob("*") if p.is_file()]
+        p for p in container.settings.resolved_blob_path().rglob("*") if p.is_file()
+    ]
 
     for rec in store.find_instances(study_uid=study):
         assert store.local_path(rec) is None
@@ -93,8 +101,9 @@ def test_verify_on_s3_finds_missing_corrupted_orphaned(
     bucket = blob_settings.s3_bucket
     dss = [make_instance() for _ in range(3)]
     store_datasets(store, dss)
-    keys = {d.SOPInstanceUID: next(k for k in objects(s3, bucket) if d.SOPInstanceUID in k)
-            for d in dss}
+    keys = {
+        d.SOPInstanceUID: next(k for k in objects(s3, bucket) if d.SOPInstanceUID in k) for d in dss
+    }
     s3.delete_object(Bucket=bucket, Key=keys[dss[0].SOPInstanceUID])
     data = bytearray(s3.get_object(Bucket=bucket, Key=keys[dss[1].SOPInstanceUID])["Body"].read())
     data[200] ^= 0xFF

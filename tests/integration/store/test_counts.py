@@ -44,15 +44,22 @@ def test_counts_follow_stores_moves_and_deletes(store: StoreService) -> None:
     assert_counts_true(store)
 
     # An overwrite that moves an instance to the MR series (different content, same SOP UID).
-    moved = make_instance(study_uid=study, series_uid=mr, modality="MR",
-                          sop_uid=cts[0].SOPInstanceUID, seed=42)
+    moved = make_instance(
+        study_uid=study, series_uid=mr, modality="MR", sop_uid=cts[0].SOPInstanceUID, seed=42
+    )
     assert store_datasets(store, [moved])[0].action == "update"
     assert_counts_true(store)
 
     # Moving the last CT instances away removes CT from Modalities in Study.
     for ds in cts[1:]:
-        store_datasets(store, [make_instance(study_uid=study, series_uid=mr, modality="MR",
-                                             sop_uid=ds.SOPInstanceUID, seed=7)])
+        store_datasets(
+            store,
+            [
+                make_instance(
+                    study_uid=study, series_uid=mr, modality="MR", sop_uid=ds.SOPInstanceUID, seed=7
+                )
+            ],
+        )
     assert_counts_true(store)
     with store.read_session() as s:
         row = s.scalars(select(Study).where(Study.study_uid == study)).one()

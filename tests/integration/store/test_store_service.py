@@ -35,8 +35,7 @@ def spool(store: Any, data: bytes) -> Any:
 
 def test_store_find_read_round_trip(store: Any) -> None:
     study = pydicom.uid.generate_uid()
-    dss = [make_instance(study_uid=study, series_uid="1.2.3", instance_number=n)
-           for n in (3, 1, 2)]
+    dss = [make_instance(study_uid=study, series_uid="1.2.3", instance_number=n) for n in (3, 1, 2)]
     outcomes = store_datasets(store, dss)
     assert [o.ok for o in outcomes] == [True] * 3
     assert [o.action for o in outcomes] == ["create"] * 3
@@ -63,13 +62,25 @@ def test_store_find_read_round_trip(store: Any) -> None:
 def test_store_outcomes_in_request_order(store: Any) -> None:
     good, dup = make_instance(), make_instance()
     store_datasets(store, [dup])
-    changed = make_instance(study_uid=dup.StudyInstanceUID, series_uid=dup.SeriesInstanceUID,
-                            sop_uid=dup.SOPInstanceUID, seed=5)
-    objects = [spool(store, b"not dicom"), spool(store, to_bytes(good)),
-               spool(store, to_bytes(changed)), spool(store, to_bytes(dup))]
+    changed = make_instance(
+        study_uid=dup.StudyInstanceUID,
+        series_uid=dup.SeriesInstanceUID,
+        sop_uid=dup.SOPInstanceUID,
+        seed=5,
+    )
+    objects = [
+        spool(store, b"not dicom"),
+        spool(store, to_bytes(good)),
+        spool(store, to_bytes(changed)),
+        spool(store, to_bytes(dup)),
+    ]
     outcomes = store.store(objects=objects)
     assert [(o.ok, o.failure_reason) for o in outcomes] == [
-        (False, 0xC000), (True, None), (False, 0x0111), (True, None)]
+        (False, 0xC000),
+        (True, None),
+        (False, 0x0111),
+        (True, None),
+    ]
     assert outcomes[3].action == "none"
     assert outcomes[2].message
     assert not [p for p in store.spool_dir.rglob("*") if p.is_file()]
@@ -91,8 +102,13 @@ def test_concurrent_writers_into_one_study(container: Any, threads: int, per_thr
     store = container.store
     study = pydicom.uid.generate_uid()
     series = [pydicom.uid.generate_uid() for _ in range(threads)]
-    work = [[to_bytes(make_instance(study_uid=study, series_uid=series[t], patient_name=f"P^{t}"))
-             for _ in range(per_thread)] for t in range(threads)]
+    work = [
+        [
+            to_bytes(make_instance(study_uid=study, series_uid=series[t], patient_name=f"P^{t}"))
+            for _ in range(per_thread)
+        ]
+        for t in range(threads)
+    ]
     barrier = threading.Barrier(threads)
     results: list[list[Any]] = [[] for _ in range(threads)]
     errors: list[BaseException] = []
@@ -125,7 +141,9 @@ def test_concurrent_writers_into_one_study(container: Any, threads: int, per_thr
         assert seqs == list(range(seqs[0], seqs[0] + total))  # gap-free
     assert {e.sop_instance_uid for e in entries} == {
         pydicom.dcmread(__import__("io").BytesIO(d), stop_before_pixels=True).SOPInstanceUID
-        for w in work for d in w}
+        for w in work
+        for d in w
+    }
     assert len(store.find_instances(study_uid=study)) == total
     report = store.verify()
     assert report.ok and report.checked == total

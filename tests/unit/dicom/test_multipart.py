@@ -42,8 +42,14 @@ def read(body: bytes, chunk: int, boundary: str = B) -> list[tuple[dict[str, str
     return [(h, bytes(s.data)) for h, s in sinks]
 
 
-def build(bodies: list[bytes], *, boundary: str = B, preamble: bytes = b"",
-          epilogue: bytes = b"", padding: bytes = b"") -> bytes:
+def build(
+    bodies: list[bytes],
+    *,
+    boundary: str = B,
+    preamble: bytes = b"",
+    epilogue: bytes = b"",
+    padding: bytes = b"",
+) -> bytes:
     """A multipart body written by hand (not with the module under test)."""
     out = preamble + (b"\r\n" if preamble else b"")
     for body in bodies:
@@ -58,7 +64,7 @@ TRICKY = [
     b"plain",
     b"line one\r\nline two\r\n",
     b"\r\n\r\n\r\n",
-    b"\r\n--bnd-4",                # a prefix of the delimiter inside the body
+    b"\r\n--bnd-4",  # a prefix of the delimiter inside the body
     b"--bnd-42 without CRLF before it is data",
     b"\r\n-",
     b"ends with CR\r",
@@ -80,8 +86,12 @@ def test_every_chunk_size_gives_the_same_parts() -> None:
 
 def test_preamble_epilogue_and_transport_padding() -> None:
     bodies = [b"first\r\n", b"second"]
-    body = build(bodies, preamble=b"This is a preamble.\r\n--not-the-boundary",
-                 epilogue=b"epilogue --bnd-42\r\n garbage", padding=b" \t ")
+    body = build(
+        bodies,
+        preamble=b"This is a preamble.\r\n--not-the-boundary",
+        epilogue=b"epilogue --bnd-42\r\n garbage",
+        padding=b" \t ",
+    )
     for chunk in all_chunk_sizes(body):
         assert [b for _, b in read(body, chunk)] == bodies, chunk
 
@@ -99,45 +109,60 @@ def test_part_without_headers() -> None:
 
 
 def test_part_headers_are_case_insensitive_and_trimmed() -> None:
-    body = (f"--{B}\r\nCONTENT-TYPE:   application/dicom  \r\nContent-ID: <a@b>\r\n"
-            f"X-Empty:\r\n\r\nbody\r\n--{B}--\r\n").encode()
+    body = (
+        f"--{B}\r\nCONTENT-TYPE:   application/dicom  \r\nContent-ID: <a@b>\r\n"
+        f"X-Empty:\r\n\r\nbody\r\n--{B}--\r\n"
+    ).encode()
     for chunk in (1, 3, len(body)):
         ((headers, data),) = read(body, chunk)
-        assert headers == {"content-type": "application/dicom", "content-id": "<a@b>",
-                           "x-empty": ""}
+        assert headers == {
+            "content-type": "application/dicom",
+            "content-id": "<a@b>",
+            "x-empty": "",
+        }
         assert data == b"body"
 
 
 def test_round_trip_with_the_writer() -> None:
-    parts = [({"Content-Type": "application/dicom"}, [b"a\r\n", b"b"]),
-             ({"Content-Type": "application/octet-stream"}, [b""])]
+    parts = [
+        ({"Content-Type": "application/dicom"}, [b"a\r\n", b"b"]),
+        ({"Content-Type": "application/octet-stream"}, [b""]),
+    ]
     body = b"".join(iter_multipart(parts, B))
     for chunk in (1, 2, 5, len(body)):
         got = read(body, chunk)
         assert [b for _, b in got] == [b"a\r\nb", b""]
-        assert [h["content-type"] for h, _ in got] == ["application/dicom",
-                                                       "application/octet-stream"]
+        assert [h["content-type"] for h, _ in got] == [
+            "application/dicom",
+            "application/octet-stream",
+        ]
 
 
-@pytest.mark.parametrize("body", [
-    build([b"one", b"two"])[: -len(f"--{B}--\r\n")],     # ends after the last part's CRLF
-    build([b"one", b"two"])[: -len(f"\r\n--{B}--\r\n")],  # ends inside the last part
-    f"--{B}\r\nContent-Type: application/dicom\r\n".encode(),  # ends inside the headers
-    f"--{B}".encode(),
-    b"",
-    b"no boundary anywhere in here",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        build([b"one", b"two"])[: -len(f"--{B}--\r\n")],  # ends after the last part's CRLF
+        build([b"one", b"two"])[: -len(f"\r\n--{B}--\r\n")],  # ends inside the last part
+        f"--{B}\r\nContent-Type: application/dicom\r\n".encode(),  # ends inside the headers
+        f"--{B}".encode(),
+        b"",
+        b"no boundary anywhere in here",
+    ],
+)
 def test_missing_closing_boundary_is_rejected_at_every_chunk_size(body: bytes) -> None:
     for chunk in all_chunk_sizes(body):
         with pytest.raises(InvalidInput):
             read(body, chunk)
 
 
-@pytest.mark.parametrize("body", [
-    f"--{B}XYZ\r\n\r\nx\r\n--{B}--\r\n".encode(),            # garbage after a delimiter
-    f"--{B}\r\nno colon here\r\n\r\nx\r\n--{B}--\r\n".encode(),  # malformed header line
-    f"--{B}\r\n\r\nx\r\n--{B}-\r\n".encode(),                 # half a close delimiter
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"--{B}XYZ\r\n\r\nx\r\n--{B}--\r\n".encode(),  # garbage after a delimiter
+        f"--{B}\r\nno colon here\r\n\r\nx\r\n--{B}--\r\n".encode(),  # malformed header line
+        f"--{B}\r\n\r\nx\r\n--{B}-\r\n".encode(),  # half a close delimiter
+    ],
+)
 def test_malformed_framing_is_rejected(body: bytes) -> None:
     for chunk in all_chunk_sizes(body):
         with pytest.raises(InvalidInput):
@@ -204,11 +229,16 @@ def test_parse_media_type() -> None:
 
 
 def test_parse_accept_orders_by_quality_and_drops_q0() -> None:
-    accept = ('application/json;q=0.5, multipart/related; type="application/dicom"; '
-              'transfer-syntax=*, application/dicom+json;q=0.9, image/png;q=0')
+    accept = (
+        'application/json;q=0.5, multipart/related; type="application/dicom"; '
+        "transfer-syntax=*, application/dicom+json;q=0.9, image/png;q=0"
+    )
     got = parse_accept(accept)
-    assert [m.type for m in got] == ["multipart/related", "application/dicom+json",
-                                     "application/json"]
+    assert [m.type for m in got] == [
+        "multipart/related",
+        "application/dicom+json",
+        "application/json",
+    ]
     assert got[0].param("transfer-syntax") == "*"
     assert [m.type for m in parse_accept(None)] == ["*/*"]
     assert [m.type for m in parse_accept("")] == ["*/*"]

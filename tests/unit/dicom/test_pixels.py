@@ -32,8 +32,11 @@ def open_info(data: bytes) -> tuple[io.BytesIO, Dataset, pixels.FrameInfo]:
     parsed = read_part10(io.BytesIO(data), size=len(data))
     fp = io.BytesIO(data)
     header = pixels.read_header(fp)
-    info = pixels.frame_info(header, pixel_data_offset=parsed.pixel_data_offset,
-                             pixel_data_length=parsed.pixel_data_length)
+    info = pixels.frame_info(
+        header,
+        pixel_data_offset=parsed.pixel_data_offset,
+        pixel_data_length=parsed.pixel_data_length,
+    )
     return fp, header, info
 
 
@@ -61,8 +64,14 @@ def test_media_types_follow_ps3_18_table_8_7_3_5() -> None:
 
 
 def test_can_decode() -> None:
-    for ts in (ELE, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
-               "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"):
+    for ts in (
+        ELE,
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+    ):
         assert pixels.can_decode(ts), ts
     assert not pixels.can_decode("1.2.840.10008.1.2.4.100")
     assert not pixels.can_decode("1.2.3.4")
@@ -120,10 +129,19 @@ def test_element_bytes_swaps_big_endian_words() -> None:
 # ------------------------------------------------------------------------------------------
 # Transcoding
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-                                  "image_dfl.dcm", "MR_small_RLE.dcm", "SC_rgb_rle_16bit.dcm",
-                                  "MR_small_jpeg_ls_lossless.dcm", "rtdose_expb.dcm",
-                                  "SC_rgb_small_odd_big_endian.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "image_dfl.dcm",
+        "MR_small_RLE.dcm",
+        "SC_rgb_rle_16bit.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "rtdose_expb.dcm",
+        "SC_rgb_small_odd_big_endian.dcm",
+    ],
+)
 def test_transcode_to_explicit_le_keeps_pixels(name: str) -> None:
     data = data_bytes(name)
     ref = pydicom.dcmread(io.BytesIO(data))
@@ -159,7 +177,8 @@ def test_parse_window() -> None:
     assert rendering.parse_window("40,400") == rendering.Window(40, 400, "LINEAR")
     assert rendering.parse_window("40,400,SIGMOID").function == "SIGMOID"  # type: ignore[union-attr]
     assert rendering.parse_window("-5.5,0.5,linear-exact") == rendering.Window(
-        -5.5, 0.5, "LINEAR_EXACT")
+        -5.5, 0.5, "LINEAR_EXACT"
+    )
     for bad in ("40", "a,1", "1,0", "1,0.5", "1,10,cubic", "1,2,3,4", "nan,1", "1,inf"):
         with pytest.raises(InvalidInput):
             rendering.parse_window(bad)
@@ -184,8 +203,9 @@ def test_window_functions_follow_ps3_3_c_11_2_1_2() -> None:
     y = rendering.apply_window(x, rendering.Window(40, 400, "LINEAR"))
     assert y[0] == 0 and y[1] == 0 and y[-1] == 255 and y[-2] == 255
     assert abs(y[2] - 127.82) < 0.01  # ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
-    exact = rendering.apply_window(np.array([-160.0, 40.0, 240.0]),
-                                   rendering.Window(40, 400, "LINEAR_EXACT"))
+    exact = rendering.apply_window(
+        np.array([-160.0, 40.0, 240.0]), rendering.Window(40, 400, "LINEAR_EXACT")
+    )
     np.testing.assert_allclose(exact, [0, 127.5, 255])
     sig = rendering.apply_window(np.array([40.0, -1e6, 1e6]), rendering.Window(40, 400, "SIGMOID"))
     np.testing.assert_allclose(sig, [127.5, 0, 255], atol=1e-6)
@@ -226,14 +246,19 @@ def render(data: bytes, opts: rendering.RenderOptions, number: int = 1) -> Image
 
 
 def test_render_grayscale_uses_rescale_and_window() -> None:
-    ds = make_instance(rows=2, columns=2, RescaleSlope=1, RescaleIntercept=-1024,
-                       WindowCenter=0, WindowWidth=2)
+    ds = make_instance(
+        rows=2, columns=2, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=0, WindowWidth=2
+    )
     ds.PixelData = np.array([[0, 1023], [1025, 4000]], dtype=np.uint16).tobytes()
     img = render(to_bytes(ds), rendering.RenderOptions(media_type="image/png"))
     assert img.mode == "L"
     np.testing.assert_array_equal(np.asarray(img), [[0, 0], [255, 255]])
-    img = render(to_bytes(ds), rendering.RenderOptions(
-        media_type="image/png", window=rendering.Window(1000, 8000, "LINEAR_EXACT")))
+    img = render(
+        to_bytes(ds),
+        rendering.RenderOptions(
+            media_type="image/png", window=rendering.Window(1000, 8000, "LINEAR_EXACT")
+        ),
+    )
     assert 0 < np.asarray(img)[0, 0] < np.asarray(img)[1, 1] < 255
 
 
@@ -291,15 +316,30 @@ def _indexed(data: bytes) -> pixels.FrameInfo | None:
     parsed = read_part10(io.BytesIO(data), size=len(data))
     a = parsed.attrs
     return pixels.indexed_frame_info(
-        transfer_syntax_uid=parsed.transfer_syntax_uid, rows=a["Rows"], columns=a["Columns"],
-        bits_allocated=a["BitsAllocated"], number_of_frames=a["NumberOfFrames"],
-        pixel_data_offset=parsed.pixel_data_offset, pixel_data_length=parsed.pixel_data_length)
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        rows=a["Rows"],
+        columns=a["Columns"],
+        bits_allocated=a["BitsAllocated"],
+        number_of_frames=a["NumberOfFrames"],
+        pixel_data_offset=parsed.pixel_data_offset,
+        pixel_data_length=parsed.pixel_data_length,
+    )
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm",
-                                  "MR_small_bigendian.dcm", "SC_rgb_small_odd.dcm",
-                                  "SC_rgb_small_odd_big_endian.dcm", "examples_rgb_color.dcm",
-                                  "rtdose.dcm", "rtdose_expb.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "SC_rgb_small_odd.dcm",
+        "SC_rgb_small_odd_big_endian.dcm",
+        "examples_rgb_color.dcm",
+        "rtdose.dcm",
+        "rtdose_expb.dcm",
+    ],
+)
 def test_indexed_frame_info_gives_the_same_frames_as_the_header(name: str) -> None:
     data = data_bytes(name)
     fp, _, from_header = open_info(data)
@@ -309,12 +349,21 @@ def test_indexed_frame_info_gives_the_same_frames_as_the_header(name: str) -> No
     assert info.number_of_frames == from_header.number_of_frames
     numbers = list(range(1, info.number_of_frames + 1))
     assert list(pixels.iter_frames(fp, info, numbers, as_stored=False)) == list(
-        pixels.iter_frames(fp, from_header, numbers, as_stored=False))
+        pixels.iter_frames(fp, from_header, numbers, as_stored=False)
+    )
 
 
-@pytest.mark.parametrize("name", ["JPEG2000.dcm", "SC_rgb_rle.dcm", "image_dfl.dcm",
-                                  "liver_1frame.dcm", "SC_ybr_full_422_uncompressed.dcm",
-                                  "MR_small_padded.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JPEG2000.dcm",
+        "SC_rgb_rle.dcm",
+        "image_dfl.dcm",
+        "liver_1frame.dcm",
+        "SC_ybr_full_422_uncompressed.dcm",
+        "MR_small_padded.dcm",
+    ],
+)
 def test_indexed_frame_info_leaves_the_rest_to_the_header(name: str) -> None:
     """Encapsulated, deflated, bit-packed (BitsAllocated 1) and YBR_FULL_422 pixel data, and
     a Pixel Data value longer than its frames, need the header."""
@@ -322,8 +371,14 @@ def test_indexed_frame_info_leaves_the_rest_to_the_header(name: str) -> None:
 
 
 def test_indexed_frame_info_needs_a_consistent_length() -> None:
-    base = {"transfer_syntax_uid": ELE, "rows": 4, "columns": 3, "bits_allocated": 8,
-            "number_of_frames": None, "pixel_data_offset": 100}
+    base = {
+        "transfer_syntax_uid": ELE,
+        "rows": 4,
+        "columns": 3,
+        "bits_allocated": 8,
+        "number_of_frames": None,
+        "pixel_data_offset": 100,
+    }
     mono = pixels.indexed_frame_info(**base, pixel_data_length=12)
     assert mono is not None and mono.samples_per_pixel == 1 and mono.number_of_frames == 1
     rgb = pixels.indexed_frame_info(**base, pixel_data_length=36)
@@ -334,13 +389,16 @@ def test_indexed_frame_info_needs_a_consistent_length() -> None:
     assert pixels.indexed_frame_info(**base, pixel_data_length=13) is None
     assert pixels.indexed_frame_info(**base, pixel_data_length=None) is None  # undefined
     assert pixels.indexed_frame_info(**dict(base, rows=None), pixel_data_length=12) is None
-    assert pixels.indexed_frame_info(**dict(base, bits_allocated=1),
-                                     pixel_data_length=2) is None
+    assert pixels.indexed_frame_info(**dict(base, bits_allocated=1), pixel_data_length=2) is None
     three = pixels.indexed_frame_info(**dict(base, number_of_frames=3), pixel_data_length=36)
     assert three is not None and three.number_of_frames == 3 and three.samples_per_pixel == 1
     # 1 frame of 3 samples or 3 frames of 1 sample: the indexed frame count decides
-    assert pixels.indexed_frame_info(**dict(base, number_of_frames=0),
-                                     pixel_data_length=36).samples_per_pixel == 3  # type: ignore[union-attr]
+    assert (
+        pixels.indexed_frame_info(
+            **dict(base, number_of_frames=0), pixel_data_length=36
+        ).samples_per_pixel
+        == 3
+    )  # type: ignore[union-attr]
 
 
 def test_read_header_with_tags_keeps_only_those() -> None:

@@ -50,8 +50,12 @@ def small(ts: str) -> Dataset:
 def encode(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ts = ds.file_meta.TransferSyntaxUID
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=ts == ImplicitVRLittleEndian,
-               little_endian=ts != ExplicitVRBigEndian)
+    ds.save_as(
+        buf,
+        enforce_file_format=True,
+        implicit_vr=ts == ImplicitVRLittleEndian,
+        little_endian=ts != ExplicitVRBigEndian,
+    )
     return buf.getvalue()
 
 
@@ -73,8 +77,9 @@ def check(data: bytes, ts: str) -> None:
     check_structure(io.BytesIO(data), size=len(data), transfer_syntax_uid=ts)
 
 
-@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                                ExplicitVRBigEndian, JPEGBaseline8Bit])
+@pytest.mark.parametrize(
+    "ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit]
+)
 def test_truncated_at_every_offset(ts: str) -> None:
     ds = small(ts)
     data = encode(ds)
@@ -147,8 +152,11 @@ def _last_element_runs_past_end(path: Path, ds: Dataset) -> bool:
     """Independent fact from pydicom: the last top-level element's declared length runs past
     the end of the file."""
     last = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
-    return (isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF
-            and last.value_tell + last.length > path.stat().st_size)
+    return (
+        isinstance(last, RawDataElement)
+        and last.length != 0xFFFFFFFF
+        and last.value_tell + last.length > path.stat().st_size
+    )
 
 
 def _pydicom_files() -> list[Path]:

@@ -119,6 +119,25 @@ def test_storescu_folder_then_findscu(
     out = done.stderr + done.stdout
     assert all(ds.SOPInstanceUID in out for ds in made)
 
+    done = run(
+        "findscu", "-S", "-aec", "MEDFLOW",
+        "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}",
+        "-k", "SeriesInstanceUID", "-k", "Modality", "-k", "NumberOfSeriesRelatedInstances",
+        *scp,
+    )  # fmt: skip
+    out = done.stderr + done.stdout
+    assert done.returncode == 0, out[-2000:]
+    assert str(made[0].SeriesInstanceUID) in out and "[CT]" in out.replace(" ", "")
+
+    done = run(  # Patient Root, PATIENT level, wildcard on the name
+        "findscu", "-P", "-aec", "MEDFLOW",
+        "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=DCMTK-*", "-k", "PatientName",
+        *scp,
+    )  # fmt: skip
+    out = done.stderr + done.stdout
+    assert done.returncode == 0, out[-2000:]
+    assert out.count("DCMTK-1") == 1  # one answer per patient, not per study
+
 
 def free_port() -> int:
     with socket.socket() as s:

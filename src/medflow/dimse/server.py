@@ -13,10 +13,12 @@ leaves transport tuning to the implementation; without it a client gets ~20 inst
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # Received data sets go to a temporary file as encoded by the peer, never whole in memory.
 _config.STORE_RECV_CHUNKED_DATASET = True
+# Identifiers hold PHI (names, IDs): never in logs; formatting them also cost ~4 % of C-FIND CPU.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+# pynetdicom deep-copies the supported presentation contexts for every association; a UID is
+# an immutable str, so it can be shared: 41 -> 3 ms per association with ~170 contexts.
+copy._deepcopy_dispatch[UID] = copy._deepcopy_atomic  # type: ignore[attr-defined]
 
 
 class DimseServer:

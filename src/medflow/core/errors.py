@@ -52,3 +52,11 @@ class StorageFailure(MedflowError):
     ) -> None:
         super().__init__(message, dicom_reason=dicom_reason)
         self.retryable = retryable
+
+
+class Gone(NotFound):
+    """The addressed resource existed and was deleted (FHIR read of a deleted resource: 410)."""
+
+
+class PreconditionFailed(MedflowError):
+    """A version precondition (If-Match) or a conditional operation's match count failed."""

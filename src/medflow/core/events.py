@@ -22,6 +22,11 @@ class InstancesChanged:
     study_uids: frozenset[str] = field(default_factory=frozenset)
 
 
+@dataclass(frozen=True)
+class FhirChanged:
+    """FHIR resources were written; consumers read ``FhirService.changes`` from their cursor."""
+
+
 Handler = Callable[[object], None]
 
 

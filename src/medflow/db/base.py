@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import BigInteger, Integer, MetaData
+from sqlalchemy import BigInteger, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -17,6 +17,13 @@ NAMING_CONVENTION = {
 
 # 64-bit keys on PostgreSQL; SQLite needs INTEGER PRIMARY KEY for its rowid alias.
 BigPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def CodeString(length: int) -> String:  # noqa: N802  (a column type, named like one)
+    """Text compared by code point: ``COLLATE "C"`` on PostgreSQL, so that the prefix ranges
+    of wild card matching (``>= 'DOE' AND < 'DOF'``) agree with SQLite and use the index
+    (a linguistic collation ignores punctuation such as ``^``)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
 class Base(DeclarativeBase):

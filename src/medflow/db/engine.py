@@ -5,6 +5,10 @@ SQLite is the embedded default (WAL journal, foreign keys on); PostgreSQL is the
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,28 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session for one write transaction, shared by every service over the engine (archive,
+    FHIR store). On SQLite, this process's writers queue on one lock per engine first:
+    SQLite's busy handler sleeps in growing steps, so writers competing for it lose most of
+    their time asleep. Other processes still meet at ``BEGIN IMMEDIATE``."""
+    if engine.dialect.name != "sqlite":
+        with Session(bind=engine, expire_on_commit=False) as session:
+            yield session
+        return
+    with _WRITER_LOCKS_GUARD:
+        lock = _WRITER_LOCKS.setdefault(engine, threading.Lock())
+    with lock, engine.connect() as conn:
+        immediate = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with Session(bind=immediate, expire_on_commit=False) as session:
+            yield session
 
 
 def alembic_config(engine: Engine) -> Config:

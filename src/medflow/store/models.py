@@ -21,14 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from medflow.db.base import Base, BigPK
-
-
-def CodeString(length: int) -> String:  # noqa: N802  (a column type, named like one)
-    """Text compared by code point: ``COLLATE "C"`` on PostgreSQL, so that the prefix ranges
-    of wild card matching (``>= 'DOE' AND < 'DOF'``) agree with SQLite and use the index
-    (a linguistic collation ignores punctuation such as ``^``)."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")
+from medflow.db.base import Base, BigPK, CodeString
 
 
 class Study(Base):

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from medflow.core.errors import InvalidInput, MedflowError, NotFound, StorageFailure
 from medflow.core.events import EventBus, InstancesChanged
 from medflow.core.settings import StoreSettings
+from medflow.db.engine import write_session
 from medflow.dicom.attributes import ParsedInstance, is_valid_uid, read_part10
 from medflow.store.blobs import BlobStore
 from medflow.store.indexer import (
@@ -73,26 +74,11 @@ class StoreService:
         self.settings = settings or StoreSettings()
         self.events = events
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
-        self._sqlite_writer = threading.Lock()
         self._cpu = threading.Lock()
 
     # -- sessions ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _write_session(self) -> Iterator[Session]:
-        """A session for one write transaction. On SQLite, writers of this process queue on a
-        lock first: SQLite's own busy handler sleeps in growing steps, so writers competing for
-        it lose most of their time asleep (4 concurrent STOW clients were slower than 1).
-        Other processes still meet at ``BEGIN IMMEDIATE``."""
-        sqlite = self.engine.dialect.name == "sqlite"
-        with self._sqlite_writer if sqlite else contextlib.nullcontext():
-            conn = self.engine.connect()
-            if sqlite:
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            try:
-                with Session(bind=conn, expire_on_commit=False) as session:
-                    yield session
-            finally:
-                conn.close()
+    def _write_session(self) -> contextlib.AbstractContextManager[Session]:
+        return write_session(self.engine)
 
     def read_session(self) -> Session:
         """A session for read-only queries (used by the query module)."""

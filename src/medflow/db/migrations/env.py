@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Engine
 
+import medflow.fhir.models
 import medflow.store.models  # noqa: F401  (registers every context's tables)
 from medflow.db.base import Base, include_object_for
 

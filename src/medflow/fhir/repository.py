@@ -1,0 +1,202 @@
+"""Database operations of the FHIR store, inside a caller's transaction (no commits here).
+
+A write replaces the current row, appends a ``fhir_history`` version and rewrites the resource's
+search-index rows, all in the same transaction. On PostgreSQL an advisory transaction lock orders
+writers, so a consumer reading history after ``seq`` N never misses a version committed later
+with a smaller number (the same rule as the archive's change feed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from medflow.fhir.models import (
+    FhirComposite,
+    FhirDate,
+    FhirHistory,
+    FhirNumber,
+    FhirQuantity,
+    FhirReference,
+    FhirResource,
+    FhirString,
+    FhirToken,
+    FhirUri,
+)
+
+FHIR_FEED_LOCK = 0x46484952  # "FHIR"
+INDEX_TABLES_BY_ROW = {
+    "TokenRow": FhirToken,
+    "StringRow": FhirString,
+    "DateRow": FhirDate,
+    "ReferenceRow": FhirReference,
+    "QuantityRow": FhirQuantity,
+    "NumberRow": FhirNumber,
+    "UriRow": FhirUri,
+}
+
+
+def lock_feed(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(FHIR_FEED_LOCK)))
+
+
+def current(
+    session: Session, resource_type: str, res_id: str, *, for_update: bool = False
+) -> FhirResource | None:
+    q = select(FhirResource).where(
+        FhirResource.resource_type == resource_type, FhirResource.res_id == res_id
+    )
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    return session.scalars(q).one_or_none()
+
+
+def dumps(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
+
+
+def write_version(
+    session: Session,
+    *,
+    row: FhirResource | None,
+    resource_type: str,
+    res_id: str,
+    version_id: int,
+    content: dict[str, Any] | None,
+    method: str,
+    now: datetime,
+    index_rows: Sequence[object] = (),
+) -> FhirResource:
+    """Make ``content`` (None: deleted) version ``version_id`` of the resource."""
+    text = dumps(content) if content is not None else None
+    if row is None:
+        row = FhirResource(resource_type=resource_type, res_id=res_id)
+        session.add(row)
+    row.version_id, row.last_updated, row.deleted, row.content = (
+        version_id,
+        now,
+        content is None,
+        text,
+    )
+    session.add(
+        FhirHistory(
+            resource_type=resource_type,
+            res_id=res_id,
+            version_id=version_id,
+            last_updated=now,
+            method=method,
+            content=text,
+        )
+    )
+    session.flush()
+    replace_index(session, row.pk, resource_type, index_rows)
+    return row
+
+
+def replace_index(
+    session: Session, resource_pk: int, resource_type: str, rows: Iterable[object]
+) -> None:
+    """Delete the resource's index rows and insert ``rows`` (``medflow.fhir.indexing`` rows)."""
+    tables: list[Any] = [*INDEX_TABLES_BY_ROW.values(), FhirComposite]
+    for table in tables:
+        session.execute(delete(table).where(table.resource_pk == resource_pk))
+    batches: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        name = type(row).__name__
+        if name == "CompositeRow":
+            composite = _composite(resource_pk, row)
+            composite["resource_type"] = resource_type
+            batches.setdefault(FhirComposite, []).append(composite)
+            continue
+        table = INDEX_TABLES_BY_ROW[name]
+        values = _values(row)
+        values["resource_pk"] = resource_pk
+        values["resource_type"] = resource_type
+        batches.setdefault(table, []).append(_fit(table, values))
+    for table, rows_of_table in batches.items():
+        session.execute(insert(table), rows_of_table)
+
+
+def _values(row: object) -> dict[str, Any]:
+    assert is_dataclass(row)
+    out = {f.name: getattr(row, f.name) for f in fields(row)}
+    if "value" in out and type(row).__name__ in ("QuantityRow", "NumberRow"):
+        out["value"] = float(out["value"])
+    return out
+
+
+def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Cut text to the column's length (the resource keeps it whole; the index what fits)."""
+    for key, value in values.items():
+        length = getattr(table.__table__.c[key].type, "length", None)
+        if isinstance(value, str) and length and len(value) > length:
+            values[key] = value[:length]
+    return values
+
+
+def _composite(resource_pk: int, row: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"resource_pk": resource_pk, "param": row.param}
+    for n, part in enumerate(row.components[:3], start=1):
+        kind = type(part).__name__
+        if kind == "TokenRow":
+            values[f"c{n}_system"], values[f"c{n}_code"] = part.system, part.code
+        elif kind == "StringRow":
+            values[f"c{n}_code"] = part.norm
+        elif kind == "UriRow":
+            values[f"c{n}_code"] = part.value
+        elif kind == "ReferenceRow":
+            values[f"c{n}_system"], values[f"c{n}_code"] = part.target_type, part.target_id
+        elif kind in ("QuantityRow", "NumberRow"):
+            values[f"c{n}_num"] = float(part.value)
+            values[f"c{n}_system"] = getattr(part, "system", None)
+            values[f"c{n}_code"] = getattr(part, "code", None)
+        elif kind == "DateRow":
+            values[f"c{n}_low"], values[f"c{n}_high"] = part.low, part.high
+    return _fit(FhirComposite, values)
+
+
+def history(
+    session: Session,
+    *,
+    resource_type: str | None = None,
+    res_id: str | None = None,
+    since: datetime | None = None,
+    at: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[FhirHistory], int]:
+    """Versions newest first (FHIR R4 http §3.1.0.8), and how many there are in all."""
+    conds = []
+    if resource_type is not None:
+        conds.append(FhirHistory.resource_type == resource_type)
+    if res_id is not None:
+        conds.append(FhirHistory.res_id == res_id)
+    if since is not None:
+        conds.append(FhirHistory.last_updated >= since)
+    if at is not None:
+        conds.append(FhirHistory.last_updated <= at)
+    total = session.scalar(select(func.count()).select_from(FhirHistory).where(*conds)) or 0
+    rows = session.scalars(
+        select(FhirHistory)
+        .where(*conds)
+        .order_by(FhirHistory.seq.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def changes_after(session: Session, seq: int, limit: int) -> list[FhirHistory]:
+    """Versions with ``seq`` greater than a consumer's cursor, oldest first."""
+    return list(
+        session.scalars(
+            select(FhirHistory).where(FhirHistory.seq > seq).order_by(FhirHistory.seq).limit(limit)
+        ).all()
+    )

@@ -1,0 +1,1 @@
+"""Package data of ``medflow.fhir``: compact tables derived from the FHIR R4 definitions."""

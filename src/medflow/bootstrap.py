@@ -14,6 +14,8 @@ from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
 from medflow.dicomweb.router import build_router
 from medflow.dimse.server import DimseServer
+from medflow.fhir.api import build_fhir_router
+from medflow.fhir.service import FhirService
 from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
@@ -27,6 +29,7 @@ class Container:
     events: EventBus
     store: StoreService
     aes: AeDirectory
+    fhir: FhirService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -48,13 +51,21 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         settings=settings.store,
         events=events,
     )
+    fhir = FhirService(engine, events)
     return Container(
-        settings=settings, engine=engine, blobs=blobs, events=events, store=store, aes=aes
+        settings=settings,
+        engine=engine,
+        blobs=blobs,
+        events=events,
+        store=store,
+        aes=aes,
+        fhir=fhir,
     )
 
 
 def create_app(container: Container) -> FastAPI:
-    """The HTTP application: DICOMweb under ``/dicomweb`` and ``GET /healthz``."""
+    """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir`` and
+    ``GET /healthz``."""
     app = FastAPI(
         title="medflow",
         version=__version__,
@@ -63,6 +74,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.container = container
     app.state.settings = container.settings
     app.state.store = container.store
+    app.state.fhir = container.fhir
     origins = container.settings.http.cors_origins
     if origins:
         app.add_middleware(
@@ -73,6 +85,7 @@ def create_app(container: Container) -> FastAPI:
             expose_headers=["Content-Type", "Content-Location", "Location", "Warning", "ETag"],
         )
     app.include_router(build_router())
+    app.include_router(build_fhir_router())
 
     @app.get("/healthz", tags=["Operations"])
     def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-import medflow.fhir.models  # noqa: F401
+import medflow.fhir.models
 import medflow.store.models  # noqa: F401  (registers the tables)
 from medflow.db.base import Base, include_object_for
 from medflow.db.engine import create_engine, upgrade

@@ -1,0 +1,320 @@
+"""The FHIR R4 REST edge (http.html §3.1.0) at ``/fhir``: JSON only (``application/fhir+json``;
+XML is answered 406), errors as OperationOutcome (§3.1.0.1.9), versions in ETag/Location.
+
+A thin router over ``FhirService``; medflow errors map to statuses in one table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from medflow.core.errors import (
+    AlreadyExists,
+    Gone,
+    InvalidInput,
+    MedflowError,
+    NotFound,
+    PreconditionFailed,
+    Unsupported,
+)
+from medflow.fhir.service import FhirInvalid, FhirService, Version, Written, instant
+from medflow.fhir.validation import validate_json_text
+
+FHIR_JSON = "application/fhir+json"
+STATUS = [  # (error type, HTTP status, OperationOutcome issue code); first match wins
+    (FhirInvalid, 400, "invalid"),
+    (Gone, 410, "deleted"),
+    (NotFound, 404, "not-found"),
+    (PreconditionFailed, 412, "conflict"),
+    (AlreadyExists, 409, "duplicate"),
+    (Unsupported, 501, "not-supported"),
+    (InvalidInput, 400, "invalid"),
+]
+
+
+def outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def error_response(exc: MedflowError) -> JSONResponse:
+    code, issue_code = next(
+        ((status, issue) for kind, status, issue in STATUS if isinstance(exc, kind)),
+        (500, "exception"),
+    )
+    if isinstance(exc, FhirInvalid):
+        issues = [
+            {
+                "severity": i.severity,
+                "code": i.code,
+                "diagnostics": i.diagnostics,
+                "expression": [i.expression],
+            }
+            for i in exc.issues
+        ]
+    else:
+        issues = [{"severity": "error", "code": issue_code, "diagnostics": exc.message}]
+    return JSONResponse(outcome(issues), status_code=code, media_type=FHIR_JSON)
+
+
+class FhirRoute(APIRoute):
+    """Maps medflow errors to OperationOutcome responses (the edge's one table)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            accept = request.headers.get("accept", "")
+            if "xml" in accept and "json" not in accept:
+                return JSONResponse(
+                    outcome([{"severity": "error", "code": "not-supported",
+                              "diagnostics": "only JSON is supported"}]),
+                    status_code=406, media_type=FHIR_JSON,
+                )  # fmt: skip
+            try:
+                return await handler(request)
+            except MedflowError as exc:
+                return error_response(exc)
+
+        return route
+
+
+def service(request: Request) -> FhirService:
+    fhir: FhirService = request.app.state.fhir
+    return fhir
+
+
+Fhir = Annotated[FhirService, Depends(service)]
+
+
+def base_url(request: Request) -> str:
+    public = getattr(request.app.state.settings, "public_url", None)
+    root = (public or str(request.base_url)).rstrip("/")
+    return f"{root}/fhir"
+
+
+async def body_json(request: Request) -> Any:
+    raw = await request.body()
+    parsed, issues = validate_json_text(raw)
+    if issues:
+        raise FhirInvalid(issues)
+    return parsed
+
+
+def resource_response(written: Written, request: Request, *, status: int = 200) -> Response:
+    headers = {
+        "ETag": f'W/"{written.version_id}"',
+        "Last-Modified": written.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Location": f"{base_url(request)}/{written.resource_type}/{written.res_id}"
+        f"/_history/{written.version_id}",
+    }
+    prefer = request.headers.get("prefer", "")
+    if "return=minimal" in prefer or written.resource is None:
+        return Response(status_code=status if written.resource else 204, headers=headers)
+    return JSONResponse(written.resource, status_code=status, headers=headers,
+                        media_type=FHIR_JSON)  # fmt: skip
+
+
+def read_response(resource: dict[str, Any]) -> JSONResponse:
+    meta = resource.get("meta") or {}
+    headers = {"ETag": f'W/"{meta.get("versionId", "")}"'}
+    return JSONResponse(resource, headers=headers, media_type=FHIR_JSON)
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """``If-Match: W/"3"`` → 3 (R4 §3.1.0.4.1 version aware updates)."""
+    if not value:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidInput(f"If-Match {value!r} is not a version ETag")
+    return int(text)
+
+
+def history_bundle(
+    versions: list[Version], total: int, request: Request, offset: int, count: int
+) -> dict[str, Any]:
+    """A ``history`` Bundle (R4 §3.1.0.8), newest first, with paging links."""
+    base = base_url(request)
+    entries = []
+    for v in versions:
+        url = f"{base}/{v.resource_type}/{v.res_id}"
+        entry: dict[str, Any] = {
+            "fullUrl": url,
+            "request": {
+                "method": {"create": "POST", "delete": "DELETE", "patch": "PATCH"}.get(
+                    v.method, "PUT"
+                ),
+                "url": v.resource_type if v.method == "create" else f"{v.resource_type}/{v.res_id}",
+            },
+            "response": {
+                "status": {"create": "201", "delete": "204"}.get(v.method, "200"),
+                "etag": f'W/"{v.version_id}"',
+                "lastModified": instant(v.last_updated),
+            },
+        }
+        if v.resource is not None:
+            entry["resource"] = v.resource
+        entries.append(entry)
+    self_url = str(request.url)
+    links = [{"relation": "self", "url": self_url}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": _with_offset(request, offset + count, count)})
+    if offset > 0:
+        links.append({"relation": "previous",
+                      "url": _with_offset(request, max(0, offset - count), count)})  # fmt: skip
+    return {"resourceType": "Bundle", "type": "history", "total": total, "link": links,
+            "entry": entries}  # fmt: skip
+
+
+def _with_offset(request: Request, offset: int, count: int) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items()
+              if k not in ("_offset", "_count")]  # fmt: skip
+    params += [("_count", str(count)), ("_offset", str(offset))]
+    return str(request.url.replace(query=urlencode(params)))
+
+
+def _history_args(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    out: dict[str, Any] = {}
+    try:
+        count = min(int(q.get("_count", "100")), 1000)
+        offset = int(q.get("_offset", "0"))
+        if q.get("_since"):
+            out["since"] = datetime.fromisoformat(q["_since"].replace("Z", "+00:00"))
+        if q.get("_at"):
+            out["at"] = datetime.fromisoformat(q["_at"].replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"invalid history parameter: {exc}") from exc
+    if any(v.tzinfo is None for v in out.values()):
+        raise InvalidInput("_since/_at need a time zone (an instant)")
+    out["count"], out["offset"] = max(count, 0), max(offset, 0)
+    return out
+
+
+def build_fhir_router() -> APIRouter:
+    router = APIRouter(prefix="/fhir", tags=["FHIR R4"], route_class=FhirRoute)
+
+    @router.get("/metadata")
+    async def metadata(request: Request) -> JSONResponse:
+        from medflow.fhir.capability import capability_statement
+
+        return JSONResponse(capability_statement(base_url(request)), media_type=FHIR_JSON)
+
+    @router.get("/_history")
+    async def system_history(request: Request, fhir: Fhir) -> JSONResponse:
+        args = _history_args(request)
+        versions, total = await run_in_threadpool(lambda: fhir.history(**args))
+        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
+                            media_type=FHIR_JSON)  # fmt: skip
+
+    @router.post("/{resource_type}")
+    async def create(resource_type: str, request: Request, fhir: Fhir) -> Response:
+        body = await body_json(request)
+        if isinstance(body, dict) and body.get("resourceType") != resource_type:
+            raise FhirInvalid([_type_issue(body, resource_type)])
+        written = await run_in_threadpool(lambda: fhir.create(resource=body))
+        return resource_response(written, request, status=201)
+
+    @router.get("/{resource_type}/_history")
+    async def type_history(resource_type: str, request: Request, fhir: Fhir) -> JSONResponse:
+        args = _history_args(request)
+        versions, total = await run_in_threadpool(
+            lambda: fhir.history(resource_type=resource_type, **args)
+        )
+        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
+                            media_type=FHIR_JSON)  # fmt: skip
+
+    @router.get("/{resource_type}/{res_id}")
+    async def read(resource_type: str, res_id: str, fhir: Fhir) -> JSONResponse:
+        resource = await run_in_threadpool(
+            lambda: fhir.read(resource_type=resource_type, res_id=res_id)
+        )
+        return read_response(resource)
+
+    @router.put("/{resource_type}/{res_id}")
+    async def update(
+        resource_type: str,
+        res_id: str,
+        request: Request,
+        fhir: Fhir,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        body = await body_json(request)
+        version = parse_if_match(if_match)
+        written = await run_in_threadpool(
+            lambda: fhir.update(
+                resource_type=resource_type, res_id=res_id, resource=body, if_match=version
+            )
+        )
+        return resource_response(written, request, status=201 if written.created else 200)
+
+    @router.patch("/{resource_type}/{res_id}")
+    async def patch(
+        resource_type: str,
+        res_id: str,
+        request: Request,
+        fhir: Fhir,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        if "json-patch" not in request.headers.get("content-type", ""):
+            raise Unsupported("PATCH takes application/json-patch+json")
+        try:
+            operations = json.loads(await request.body())
+        except ValueError as exc:
+            raise InvalidInput(f"the patch is not JSON: {exc}") from exc
+        version = parse_if_match(if_match)
+        written = await run_in_threadpool(
+            lambda: fhir.patch(
+                resource_type=resource_type, res_id=res_id, operations=operations, if_match=version
+            )
+        )
+        return resource_response(written, request)
+
+    @router.delete("/{resource_type}/{res_id}")
+    async def delete(resource_type: str, res_id: str, fhir: Fhir) -> Response:
+        await run_in_threadpool(lambda: fhir.delete(resource_type=resource_type, res_id=res_id))
+        return Response(status_code=204)
+
+    @router.get("/{resource_type}/{res_id}/_history")
+    async def instance_history(
+        resource_type: str, res_id: str, request: Request, fhir: Fhir
+    ) -> JSONResponse:
+        args = _history_args(request)
+        versions, total = await run_in_threadpool(
+            lambda: fhir.history(resource_type=resource_type, res_id=res_id, **args)
+        )
+        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
+                            media_type=FHIR_JSON)  # fmt: skip
+
+    @router.get("/{resource_type}/{res_id}/_history/{version_id}")
+    async def vread(resource_type: str, res_id: str, version_id: str, fhir: Fhir) -> JSONResponse:
+        if not version_id.isdigit():
+            raise NotFound(f"no version {version_id!r}")
+        resource = await run_in_threadpool(
+            lambda: fhir.vread(
+                resource_type=resource_type, res_id=res_id, version_id=int(version_id)
+            )
+        )
+        return read_response(resource)
+
+    return router
+
+
+def _type_issue(body: dict[str, Any], resource_type: str) -> Any:
+    from medflow.fhir.validation import Issue
+
+    return Issue(
+        "error",
+        "invalid",
+        "resourceType",
+        f"resourceType {body.get('resourceType')!r} does not match the URL ({resource_type})",
+    )

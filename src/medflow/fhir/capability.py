@@ -1,0 +1,45 @@
+"""The CapabilityStatement at ``/fhir/metadata`` (R4 capabilitystatement.html), generated from
+what the server really does: every R4 resource type with the interactions the REST edge
+implements. Search parameters are listed once search is served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medflow import __version__
+from medflow.fhir.definitions import resource_types
+
+INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance",
+                "history-type", "create"]  # fmt: skip
+
+
+def capability_statement(base_url: str) -> dict[str, Any]:
+    resources = [
+        {
+            "type": rtype,
+            "interaction": [{"code": code} for code in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalDelete": "not-supported",
+        }
+        for rtype in sorted(resource_types())
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "software": {"name": "medflow", "version": __version__},
+        "implementation": {"description": "medflow FHIR R4 server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": "history-system"}],
+            }
+        ],
+    }

@@ -1,0 +1,350 @@
+"""The FHIR store's service (what other code may call): create, read, vread, update, patch,
+delete and history of R4 resources (FHIR R4 RESTful API, http.html §3.1.0), with versions
+(``meta.versionId``, ``meta.lastUpdated``) and a cursor over every write for durable consumers.
+
+Errors are ``medflow.core.errors`` types; structural problems raise ``FhirInvalid`` carrying the
+validator's issues (element paths), which the REST edge turns into an OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonpatch
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from medflow.core.errors import Gone, InvalidInput, NotFound, PreconditionFailed
+from medflow.core.events import EventBus, FhirChanged
+from medflow.db.engine import write_session
+from medflow.fhir import repository as repo
+from medflow.fhir.models import FhirHistory, FhirResource
+from medflow.fhir.validation import Issue, validate
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+class FhirInvalid(InvalidInput):
+    """A resource that is not valid R4 JSON; ``issues`` locate each problem."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        first = issues[0]
+        super().__init__(f"{first.expression}: {first.diagnostics}")
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class Written:
+    """Outcome of a write: the stored resource (None after delete) and what happened."""
+
+    resource: dict[str, Any] | None
+    resource_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    created: bool = False
+    unchanged: bool = False
+
+
+@dataclass(frozen=True)
+class Version:
+    resource_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    method: str
+    resource: dict[str, Any] | None
+    seq: int
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def instant(ts: datetime) -> str:
+    """FHIR instant with milliseconds and offset (R4 datatypes §2.24.0.1)."""
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_resource(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
+    """Validate structure; the type must match the URL's when one is given."""
+    issues = [i for i in validate(resource) if i.severity == "error"]
+    if issues:
+        raise FhirInvalid(issues)
+    assert isinstance(resource, dict)
+    if resource_type is not None and resource.get("resourceType") != resource_type:
+        raise FhirInvalid(
+            [
+                Issue(
+                    "error",
+                    "invalid",
+                    "resourceType",
+                    f"resourceType {resource.get('resourceType')!r} does not match the URL "
+                    f"({resource_type})",
+                )
+            ]
+        )
+    return resource
+
+
+class FhirService:
+    """CRUD and history over the FHIR tables of the shared index database."""
+
+    def __init__(self, engine: Engine, events: EventBus | None = None) -> None:
+        self.engine = engine
+        self.events = events
+
+    # -- read -------------------------------------------------------------------------------
+    def read(self, *, resource_type: str, res_id: str) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            row = repo.current(s, resource_type, res_id)
+        if row is None:
+            raise NotFound(f"{resource_type}/{res_id} is not known")
+        if row.deleted or row.content is None:
+            raise Gone(f"{resource_type}/{res_id} was deleted")
+        return dict(json.loads(row.content))
+
+    def vread(self, *, resource_type: str, res_id: str, version_id: int) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            rows, _ = repo.history(s, resource_type=resource_type, res_id=res_id, limit=1000)
+        for row in rows:
+            if row.version_id == version_id:
+                if row.content is None:
+                    raise Gone(f"{resource_type}/{res_id}/_history/{version_id} is a deletion")
+                return dict(json.loads(row.content))
+        raise NotFound(f"{resource_type}/{res_id}/_history/{version_id} is not known")
+
+    def history(
+        self,
+        *,
+        resource_type: str | None = None,
+        res_id: str | None = None,
+        since: datetime | None = None,
+        at: datetime | None = None,
+        count: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Version], int]:
+        with Session(self.engine) as s:
+            if (
+                res_id is not None
+                and resource_type is not None
+                and repo.current(s, resource_type, res_id) is None
+            ):
+                raise NotFound(f"{resource_type}/{res_id} is not known")
+            rows, total = repo.history(
+                s,
+                resource_type=resource_type,
+                res_id=res_id,
+                since=since,
+                at=at,
+                limit=count,
+                offset=offset,
+            )
+        return [_version(r) for r in rows], total
+
+    def changes(self, *, after: int = 0, limit: int = 1000) -> list[Version]:
+        """Every write after the cursor ``after`` (a ``seq``), oldest first: durable consumers
+        (sync's report linking, the feedback loop) keep the last ``seq`` they processed."""
+        with Session(self.engine) as s:
+            return [_version(r) for r in repo.changes_after(s, after, limit)]
+
+    # -- write ------------------------------------------------------------------------------
+    def create(self, *, resource: Any) -> Written:
+        """Create with a server-assigned id (an ``id`` in the body is ignored, R4 §3.1.0.5)."""
+        body = check_resource(resource)
+        with write_session(self.engine) as s:
+            written = self.write_in(s, body["resourceType"], new_id(), body, method="create")
+            s.commit()
+        self._publish()
+        return written
+
+    def update(
+        self, *, resource_type: str, res_id: str, resource: Any, if_match: int | None = None
+    ) -> Written:
+        """Update, or create with the client's id (update as create, R4 §3.1.0.4)."""
+        if not ID_RE.match(res_id):
+            raise InvalidInput(f"invalid id {res_id!r}")
+        body = check_resource(resource, resource_type)
+        if body.get("id") != res_id:
+            raise FhirInvalid(
+                [Issue("error", "invalid", f"{resource_type}.id", "id must equal the URL's id")]
+            )
+        for attempt in range(2):
+            try:
+                with write_session(self.engine) as s:
+                    written = self.write_in(
+                        s, resource_type, res_id, body, method="update", if_match=if_match
+                    )
+                    s.commit()
+                break
+            except IntegrityError:  # two creates of one id at once: the second updates
+                if attempt:
+                    raise
+        self._publish()
+        return written
+
+    def patch(
+        self,
+        *,
+        resource_type: str,
+        res_id: str,
+        operations: Any,
+        if_match: int | None = None,
+    ) -> Written:
+        """JSON Patch (RFC 6902, R4 §3.1.0.6.1) applied to the current version."""
+        current = self.read(resource_type=resource_type, res_id=res_id)
+        try:
+            patched = jsonpatch.apply_patch(current, operations)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+            raise InvalidInput(f"the patch cannot be applied: {exc}") from exc
+        body = check_resource(patched, resource_type)
+        if body.get("id") != res_id:
+            raise InvalidInput("a patch must not change the id")
+        with write_session(self.engine) as s:
+            written = self.write_in(
+                s, resource_type, res_id, body, method="patch", if_match=if_match
+            )
+            s.commit()
+        self._publish()
+        return written
+
+    def delete(self, *, resource_type: str, res_id: str) -> Written | None:
+        """Delete (a new version with no content); deleting twice or an unknown id is fine
+        (R4 §3.1.0.7: 200/204 either way). Returns None when there was nothing to delete."""
+        with write_session(self.engine) as s:
+            written = self.delete_in(s, resource_type, res_id)
+            s.commit()
+        if written is not None:
+            self._publish()
+        return written
+
+    # -- building blocks for transactions ---------------------------------------------------
+    def write_in(
+        self,
+        session: Session,
+        resource_type: str,
+        res_id: str,
+        body: dict[str, Any],
+        *,
+        method: str,
+        if_match: int | None = None,
+    ) -> Written:
+        """Write a version inside the caller's transaction. A body equal to the current
+        version (ignoring meta) writes nothing (no new version)."""
+        repo.lock_feed(session)
+        row = repo.current(session, resource_type, res_id, for_update=True)
+        live = row is not None and not row.deleted
+        if if_match is not None and (not live or row is None or row.version_id != if_match):
+            have = row.version_id if row is not None and live else "none"
+            raise PreconditionFailed(f"If-Match version {if_match} but the current is {have}")
+        if method == "create" and live:
+            raise PreconditionFailed(f"{resource_type}/{res_id} exists")
+        if live and row is not None and row.content is not None:
+            old = json.loads(row.content)
+            if _same(old, body):
+                return Written(old, resource_type, res_id, row.version_id, row.last_updated,
+                               unchanged=True)  # fmt: skip
+        version = (row.version_id + 1) if row is not None else 1
+        now = datetime.now(UTC)
+        stored = dict(body)
+        stored["id"] = res_id
+        meta = dict(stored.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant(now)
+        stored["meta"] = meta
+        stored = {"resourceType": resource_type, **{k: v for k, v in stored.items()
+                                                    if k != "resourceType"}}  # fmt: skip
+        from medflow.fhir.indexing import index_resource  # the definitions load on first use
+
+        repo.write_version(
+            session,
+            row=row,
+            resource_type=resource_type,
+            res_id=res_id,
+            version_id=version,
+            content=stored,
+            method=method,
+            now=now,
+            index_rows=index_resource(stored),
+        )
+        return Written(stored, resource_type, res_id, version, now, created=not live)
+
+    def delete_in(self, session: Session, resource_type: str, res_id: str) -> Written | None:
+        repo.lock_feed(session)
+        row = repo.current(session, resource_type, res_id, for_update=True)
+        if row is None or row.deleted:
+            return None
+        now = datetime.now(UTC)
+        repo.write_version(
+            session,
+            row=row,
+            resource_type=resource_type,
+            res_id=res_id,
+            version_id=row.version_id + 1,
+            content=None,
+            method="delete",
+            now=now,
+        )
+        return Written(None, resource_type, res_id, row.version_id, now)
+
+    def _publish(self) -> None:
+        """Wake consumers early; they read ``changes()`` from their cursor either way."""
+        if self.events is not None:
+            self.events.publish(FhirChanged())
+
+    def iter_current(self, *, resource_type: str, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every live resource of a type (bulk export, $everything), in insertion order."""
+        last = 0
+        while True:
+            with Session(self.engine) as s:
+                rows = s.execute(
+                    select(FhirResource.pk, FhirResource.content)
+                    .where(
+                        FhirResource.resource_type == resource_type,
+                        FhirResource.deleted.is_(False),
+                        FhirResource.pk > last,
+                    )
+                    .order_by(FhirResource.pk)
+                    .limit(batch)
+                ).all()
+            for pk, content in rows:
+                last = pk
+                if content is not None:
+                    yield dict(json.loads(content))
+            if len(rows) < batch:
+                return
+
+
+def _strip(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in ("meta", "id")}
+
+
+def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Equal apart from id and the server-managed meta elements."""
+    old_meta = {
+        k: v for k, v in (old.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    new_meta = {
+        k: v for k, v in (new.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    return _strip(old) == _strip(new) and old_meta == new_meta
+
+
+def _version(row: FhirHistory) -> Version:
+    return Version(
+        row.resource_type,
+        row.res_id,
+        row.version_id,
+        row.last_updated,
+        row.method,
+        json.loads(row.content) if row.content is not None else None,
+        row.seq,
+    )

@@ -17,28 +17,13 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from medflow.core.errors import (
-    AlreadyExists,
-    Gone,
-    InvalidInput,
-    MedflowError,
-    NotFound,
-    PreconditionFailed,
-    Unsupported,
-)
+from medflow.core.errors import InvalidInput, MedflowError, NotFound, Unsupported
+from medflow.fhir.bundles import EntryFailed, batch, transaction
+from medflow.fhir.outcomes import outcome_of, status_of
 from medflow.fhir.service import FhirInvalid, FhirService, Version, Written, instant
 from medflow.fhir.validation import validate_json_text
 
 FHIR_JSON = "application/fhir+json"
-STATUS = [  # (error type, HTTP status, OperationOutcome issue code); first match wins
-    (FhirInvalid, 400, "invalid"),
-    (Gone, 410, "deleted"),
-    (NotFound, 404, "not-found"),
-    (PreconditionFailed, 412, "conflict"),
-    (AlreadyExists, 409, "duplicate"),
-    (Unsupported, 501, "not-supported"),
-    (InvalidInput, 400, "invalid"),
-]
 
 
 def outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,23 +31,14 @@ def outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def error_response(exc: MedflowError) -> JSONResponse:
-    code, issue_code = next(
-        ((status, issue) for kind, status, issue in STATUS if isinstance(exc, kind)),
-        (500, "exception"),
-    )
-    if isinstance(exc, FhirInvalid):
-        issues = [
-            {
-                "severity": i.severity,
-                "code": i.code,
-                "diagnostics": i.diagnostics,
-                "expression": [i.expression],
-            }
-            for i in exc.issues
-        ]
-    else:
-        issues = [{"severity": "error", "code": issue_code, "diagnostics": exc.message}]
-    return JSONResponse(outcome(issues), status_code=code, media_type=FHIR_JSON)
+    status, _ = status_of(exc)
+    if isinstance(exc, EntryFailed):
+        status, _ = status_of(exc.cause)
+        body = outcome_of(exc.cause)
+        for issue in body["issue"]:
+            issue["diagnostics"] = f"Bundle.entry[{exc.index}]: {issue['diagnostics']}"
+        return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+    return JSONResponse(outcome_of(exc), status_code=status, media_type=FHIR_JSON)
 
 
 class FhirRoute(APIRoute):
@@ -208,6 +184,25 @@ def build_fhir_router() -> APIRouter:
         from medflow.fhir.capability import capability_statement
 
         return JSONResponse(capability_statement(base_url(request)), media_type=FHIR_JSON)
+
+    @router.post("")
+    async def bundle(request: Request, fhir: Fhir) -> JSONResponse:
+        """Batch or transaction (R4 §3.1.0.11)."""
+        body = await body_json(request)
+        kind = body.get("type") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or body.get("resourceType") != "Bundle"
+            or kind
+            not in (
+                "batch",
+                "transaction",
+            )
+        ):
+            raise InvalidInput("POST /fhir takes a Bundle of type batch or transaction")
+        run = transaction if kind == "transaction" else batch
+        result = await run_in_threadpool(lambda: run(fhir, body))
+        return JSONResponse(result, media_type=FHIR_JSON)
 
     @router.get("/_history")
     async def system_history(request: Request, fhir: Fhir) -> JSONResponse:

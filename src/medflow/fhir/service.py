@@ -163,7 +163,7 @@ class FhirService:
         with write_session(self.engine) as s:
             written = self.write_in(s, body["resourceType"], new_id(), body, method="create")
             s.commit()
-        self._publish()
+        self.notify()
         return written
 
     def update(
@@ -188,7 +188,7 @@ class FhirService:
             except IntegrityError:  # two creates of one id at once: the second updates
                 if attempt:
                     raise
-        self._publish()
+        self.notify()
         return written
 
     def patch(
@@ -213,7 +213,7 @@ class FhirService:
                 s, resource_type, res_id, body, method="patch", if_match=if_match
             )
             s.commit()
-        self._publish()
+        self.notify()
         return written
 
     def delete(self, *, resource_type: str, res_id: str) -> Written | None:
@@ -223,7 +223,7 @@ class FhirService:
             written = self.delete_in(s, resource_type, res_id)
             s.commit()
         if written is not None:
-            self._publish()
+            self.notify()
         return written
 
     # -- building blocks for transactions ---------------------------------------------------
@@ -277,6 +277,15 @@ class FhirService:
         )
         return Written(stored, resource_type, res_id, version, now, created=not live)
 
+    def read_in(self, session: Session, resource_type: str, res_id: str) -> dict[str, Any]:
+        """The current version, inside the caller's transaction (sees its own writes)."""
+        row = repo.current(session, resource_type, res_id)
+        if row is None:
+            raise NotFound(f"{resource_type}/{res_id} is not known")
+        if row.deleted or row.content is None:
+            raise Gone(f"{resource_type}/{res_id} was deleted")
+        return dict(json.loads(row.content))
+
     def delete_in(self, session: Session, resource_type: str, res_id: str) -> Written | None:
         repo.lock_feed(session)
         row = repo.current(session, resource_type, res_id, for_update=True)
@@ -295,7 +304,7 @@ class FhirService:
         )
         return Written(None, resource_type, res_id, row.version_id, now)
 
-    def _publish(self) -> None:
+    def notify(self) -> None:
         """Wake consumers early; they read ``changes()`` from their cursor either way."""
         if self.events is not None:
             self.events.publish(FhirChanged())

@@ -149,3 +149,75 @@ def test_changes_cursor(client: TestClient, container: Any) -> None:
     changes = container.fhir.changes(after=0)
     assert [(c.method, c.version_id) for c in changes] == [("create", 1), ("delete", 2)]
     assert container.fhir.changes(after=changes[-1].seq) == []
+
+
+def test_transaction_is_atomic_and_resolves_urn_uuid(client: TestClient) -> None:
+    pid = "urn:uuid:0b8c1b0e-6a4d-4d54-9b0e-2a4c5e1d7f01"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5f0c1a7e-0d5c-4c1e-8a43-7a6b2e9d3c11",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "weight"},
+                    "subject": {"reference": pid},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "fullUrl": pid,
+                "resource": patient(),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": patient(id="tx-put"),
+                "request": {"method": "PUT", "url": "Patient/tx-put"},
+            },
+        ],
+    }
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in out["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created"]
+    obs, pat = out["entry"][0]["resource"], out["entry"][1]["resource"]
+    assert obs["subject"]["reference"] == f"Patient/{pat['id']}"
+    assert client.get(f"/fhir/Patient/{pat['id']}").status_code == 200
+
+    before = client.get("/fhir/_history").json()["total"]
+    bad = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": patient(id="x", birthDate="not-a-date"),
+                "request": {"method": "PUT", "url": "Patient/x"},
+            },
+        ],
+    }
+    r = client.post("/fhir", json=bad, headers=JSON)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    assert "entry[1]" in r.text
+    assert client.get("/fhir/_history").json()["total"] == before  # nothing written
+
+
+def test_batch_entries_fail_alone(client: TestClient) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+            {"request": {"method": "DELETE", "url": "Patient/also-missing"}},
+        ],
+    }
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses == ["201 Created", "404", "204 No Content"]
+    assert r.json()["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"

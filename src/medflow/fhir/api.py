@@ -219,6 +219,27 @@ def build_fhir_router() -> APIRouter:
         written = await run_in_threadpool(lambda: fhir.create(resource=body))
         return resource_response(written, request, status=201)
 
+    @router.get("/Patient/{res_id}/$everything")
+    async def everything(res_id: str, request: Request, fhir: Fhir) -> JSONResponse:
+        """Patient/$everything: the patient's compartment as a searchset Bundle."""
+        resources = await run_in_threadpool(lambda: fhir.everything(patient_id=res_id))
+        base = base_url(request)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(resources),
+            "link": [{"relation": "self", "url": str(request.url)}],
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in resources
+            ],
+        }
+        return JSONResponse(bundle, media_type=FHIR_JSON)
+
     @router.get("/{resource_type}/_history")
     async def type_history(resource_type: str, request: Request, fhir: Fhir) -> JSONResponse:
         args = _history_args(request)

@@ -39,7 +39,17 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "resource": resources,
-                "interaction": [{"code": "history-system"}],
+                "interaction": [
+                    {"code": "history-system"},
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                ],
+                "operation": [
+                    {
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    }
+                ],
             }
         ],
     }

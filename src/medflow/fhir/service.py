@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jsonpatch
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from medflow.core.errors import Gone, InvalidInput, NotFound, PreconditionFailed
 from medflow.core.events import EventBus, FhirChanged
 from medflow.db.engine import write_session
 from medflow.fhir import repository as repo
-from medflow.fhir.models import FhirHistory, FhirResource
+from medflow.fhir.models import FhirHistory, FhirReference, FhirResource
 from medflow.fhir.validation import Issue, validate
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -308,6 +308,42 @@ class FhirService:
         """Wake consumers early; they read ``changes()`` from their cursor either way."""
         if self.events is not None:
             self.events.publish(FhirChanged())
+
+    def everything(self, *, patient_id: str, limit: int = 10000) -> list[dict[str, Any]]:
+        """``Patient/$everything`` (R4 patient-operation-everything): the patient and every
+        resource in its compartment (R4 CompartmentDefinition Patient: the resource refers to
+        the patient through one of the listed parameters), read from the reference index."""
+        from medflow.fhir.definitions import patient_compartment, resource_types
+
+        patient = self.read(resource_type="Patient", res_id=patient_id)
+        pairs = [
+            (rtype, param)
+            for rtype in sorted(resource_types())
+            for param in patient_compartment(rtype)
+        ]
+        conds = [
+            and_(FhirReference.resource_type == rtype, FhirReference.param == param)
+            for rtype, param in pairs
+        ]
+        q = (
+            select(FhirResource.content)
+            .where(
+                FhirResource.pk.in_(
+                    select(FhirReference.resource_pk).where(
+                        FhirReference.target_type == "Patient",
+                        FhirReference.target_id == patient_id,
+                        or_(*conds),
+                    )
+                ),
+                FhirResource.deleted.is_(False),
+            )
+            .order_by(FhirResource.resource_type, FhirResource.pk)
+            .limit(limit)
+        )
+        with Session(self.engine) as s:
+            others = [json.loads(c) for (c,) in s.execute(q) if c is not None]
+        return [patient, *(o for o in others if o.get("id") != patient_id
+                           or o.get("resourceType") != "Patient")]  # fmt: skip
 
     def iter_current(self, *, resource_type: str, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every live resource of a type (bulk export, $everything), in insertion order."""

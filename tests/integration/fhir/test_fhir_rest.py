@@ -221,3 +221,28 @@ def test_batch_entries_fail_alone(client: TestClient) -> None:
     statuses = [e["response"]["status"] for e in r.json()["entry"]]
     assert statuses == ["201 Created", "404", "204 No Content"]
     assert r.json()["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+def test_patient_everything_is_the_compartment(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=JSON).json()["id"]
+    other = client.post("/fhir/Patient", json=patient(), headers=JSON).json()["id"]
+    mine = []
+    for subject in (pid, pid, other):
+        cond = {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{subject}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "307576001"}]},
+        }
+        made = client.post("/fhir/Condition", json=cond, headers=JSON).json()
+        if subject == pid:
+            mine.append(made["id"])
+    enc = {"resourceType": "Encounter", "status": "finished",
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+           "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    enc_id = client.post("/fhir/Encounter", json=enc, headers=JSON).json()["id"]
+    client.delete(f"/fhir/Condition/{mine[1]}")
+    bundle = client.get(f"/fhir/Patient/{pid}/$everything").json()
+    got = [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]]
+    assert got[0] == ("Patient", pid)
+    assert sorted(got[1:]) == sorted([("Condition", mine[0]), ("Encounter", enc_id)])
+    assert client.get("/fhir/Patient/nobody/$everything").status_code == 404

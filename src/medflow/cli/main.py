@@ -13,6 +13,7 @@ from rich.table import Table
 
 from medflow.cli.common import export_settings, load_settings
 from medflow.cli.dimse import aet_app, send
+from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.core.logging import configure
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(aet_app, name="aet")
+app.add_typer(fhir_app, name="fhir")
 app.command()(send)
 
 DataDir = Annotated[

@@ -309,6 +309,28 @@ class FhirService:
         if self.events is not None:
             self.events.publish(FhirChanged())
 
+    def load(self, resources: list[Any]) -> list[Written]:
+        """Write many resources in one transaction (bulk load, ``medflow fhir load``): a
+        resource with an ``id`` is updated or created with that id (so references between
+        loaded files hold), one without gets a new id. Invalid input writes nothing."""
+        bodies = []
+        for n, resource in enumerate(resources):
+            try:
+                bodies.append(check_resource(resource))
+            except FhirInvalid as exc:
+                raise InvalidInput(f"resource {n + 1}: {exc.message}") from exc
+        out = []
+        with write_session(self.engine) as s:
+            for body in bodies:
+                rtype, rid = body["resourceType"], body.get("id")
+                if rid is not None and not ID_RE.match(str(rid)):
+                    raise InvalidInput(f"invalid id {rid!r}")
+                method = "update" if rid else "create"
+                out.append(self.write_in(s, rtype, str(rid or new_id()), body, method=method))
+            s.commit()
+        self.notify()
+        return out
+
     def everything(self, *, patient_id: str, limit: int = 10000) -> list[dict[str, Any]]:
         """``Patient/$everything`` (R4 patient-operation-everything): the patient and every
         resource in its compartment (R4 CompartmentDefinition Patient: the resource refers to

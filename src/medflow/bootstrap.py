@@ -15,6 +15,7 @@ from medflow.db.engine import create_engine, upgrade
 from medflow.dicomweb.router import build_router
 from medflow.dimse.server import DimseServer
 from medflow.fhir.api import build_fhir_router
+from medflow.fhir.export import ExportService
 from medflow.fhir.service import FhirService
 from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
@@ -30,6 +31,7 @@ class Container:
     store: StoreService
     aes: AeDirectory
     fhir: FhirService
+    export: ExportService
 
     def close(self) -> None:
         self.engine.dispose()
@@ -52,6 +54,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         events=events,
     )
     fhir = FhirService(engine, events)
+    export = ExportService(engine, fhir, (settings.data_dir / "exports").resolve())
     return Container(
         settings=settings,
         engine=engine,
@@ -60,6 +63,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         store=store,
         aes=aes,
         fhir=fhir,
+        export=export,
     )
 
 
@@ -75,6 +79,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.settings = container.settings
     app.state.store = container.store
     app.state.fhir = container.fhir
+    app.state.export = container.export
     origins = container.settings.http.cors_origins
     if origins:
         app.add_middleware(

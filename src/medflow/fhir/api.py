@@ -13,12 +13,13 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import InvalidInput, MedflowError, NotFound, Unsupported
 from medflow.fhir.bundles import EntryFailed, batch, transaction
+from medflow.fhir.export import ExportService
 from medflow.fhir.outcomes import outcome_of, status_of
 from medflow.fhir.service import FhirInvalid, FhirService, Version, Written, instant
 from medflow.fhir.validation import validate_json_text
@@ -204,6 +205,60 @@ def build_fhir_router() -> APIRouter:
         result = await run_in_threadpool(lambda: run(fhir, body))
         return JSONResponse(result, media_type=FHIR_JSON)
 
+    @router.get("/$export")
+    async def export_system(request: Request) -> Response:
+        return await _start_export(request, "system", None)
+
+    @router.get("/Patient/$export")
+    async def export_patients(request: Request) -> Response:
+        return await _start_export(request, "patient", None)
+
+    @router.get("/Group/{group_id}/$export")
+    async def export_group(group_id: str, request: Request) -> Response:
+        return await _start_export(request, "group", group_id)
+
+    @router.get("/$export-status/{job_id}")
+    async def export_status(job_id: str, request: Request) -> Response:
+        """202 while running, 200 with the manifest when done (Bulk Data IG, status request)."""
+        export: ExportService = request.app.state.export
+        st = await run_in_threadpool(lambda: export.status(job_id))
+        if st.status in ("queued", "running"):
+            return Response(status_code=202, headers={"X-Progress": st.status})
+        if st.status == "failed":
+            body = outcome([{"severity": "error", "code": "exception",
+                             "diagnostics": st.error or "export failed"}])  # fmt: skip
+            return JSONResponse(body, status_code=500, media_type=FHIR_JSON)
+        if st.status == "cancelled":
+            raise NotFound(f"export {job_id} was cancelled")
+        base = base_url(request)
+        manifest = {
+            "transactionTime": instant(st.created_at),
+            "request": st.request_url,
+            "requiresAccessToken": False,
+            "output": [
+                {
+                    "type": o["type"],
+                    "url": f"{base}/$export-file/{job_id}/{o['file']}",
+                    "count": o["count"],
+                }
+                for o in st.output
+            ],
+            "error": [],
+        }
+        return JSONResponse(manifest)
+
+    @router.delete("/$export-status/{job_id}")
+    async def export_delete(job_id: str, request: Request) -> Response:
+        export: ExportService = request.app.state.export
+        await run_in_threadpool(lambda: export.delete(job_id))
+        return Response(status_code=202)
+
+    @router.get("/$export-file/{job_id}/{name}")
+    async def export_file(job_id: str, name: str, request: Request) -> Response:
+        export: ExportService = request.app.state.export
+        path = export.file(job_id, name)
+        return FileResponse(path, media_type="application/fhir+ndjson")
+
     @router.get("/_history")
     async def system_history(request: Request, fhir: Fhir) -> JSONResponse:
         args = _history_args(request)
@@ -323,6 +378,36 @@ def build_fhir_router() -> APIRouter:
         return read_response(resource)
 
     return router
+
+
+async def _start_export(request: Request, level: str, group_id: str | None) -> Response:
+    """Kick-off request (Bulk Data IG): ``Prefer: respond-async`` is required; 202 with
+    Content-Location of the status endpoint."""
+    if "respond-async" not in request.headers.get("prefer", ""):
+        raise InvalidInput("$export needs the header Prefer: respond-async")
+    q = request.query_params
+    fmt = q.get("_outputFormat", "application/fhir+ndjson")
+    if fmt not in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
+        raise Unsupported(f"_outputFormat {fmt!r}: only ndjson")
+    if q.get("_typeFilter"):
+        raise Unsupported("_typeFilter needs search, which is not served yet")
+    types = [t for v in q.getlist("_type") for t in v.split(",") if t] or None
+    since = None
+    if q.get("_since"):
+        try:
+            since = datetime.fromisoformat(q["_since"].replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InvalidInput(f"_since is not an instant: {exc}") from exc
+        if since.tzinfo is None:
+            raise InvalidInput("_since needs a time zone (an instant)")
+    export: ExportService = request.app.state.export
+    job_id = await run_in_threadpool(
+        lambda: export.start(
+            level=level, request_url=str(request.url), group_id=group_id, types=types, since=since
+        )
+    )
+    location = f"{base_url(request)}/$export-status/{job_id}"
+    return Response(status_code=202, headers={"Content-Location": location})
 
 
 def _type_issue(body: dict[str, Any], resource_type: str) -> Any:

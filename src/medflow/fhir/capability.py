@@ -48,7 +48,11 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     {
                         "name": "everything",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    }
+                    },
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    },
                 ],
             }
         ],

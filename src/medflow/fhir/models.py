@@ -272,3 +272,26 @@ INDEX_TABLES = (
     FhirUri,
     FhirComposite,
 )
+
+
+class FhirExportJob(Base):
+    """A bulk data export (FHIR Bulk Data Access IG, $export): its request, state and output."""
+
+    __tablename__ = "fhir_export_job"
+
+    pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), unique=True)
+    request_url: Mapped[str] = mapped_column(Text)
+    level: Mapped[str] = mapped_column(String(16))
+    """system, patient or group."""
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    types: Mapped[str | None] = mapped_column(Text)
+    """Comma-separated ``_type``; None for every type."""
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    """queued, running, done, failed or cancelled."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    output: Mapped[str | None] = mapped_column(Text)
+    """JSON list of {type, file, count} once done."""
+    error: Mapped[str | None] = mapped_column(Text)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from medflow.fhir.models import (
@@ -42,20 +42,62 @@ INDEX_TABLES_BY_ROW = {
 }
 
 
+_RES: Any = FhirResource.__table__
+_HIST: Any = FhirHistory.__table__
+# Statements built once: constructing a SQLAlchemy statement costs more than running it.
+_CURRENT = select(
+    _RES.c.pk, _RES.c.version_id, _RES.c.last_updated, _RES.c.deleted, _RES.c.content
+).where(_RES.c.resource_type == bindparam("q_type"), _RES.c.res_id == bindparam("q_id"))
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+_INSERT_RESOURCE = insert(_RES).returning(_RES.c.pk)
+_UPDATE_RESOURCE = (
+    update(_RES)
+    .where(_RES.c.pk == bindparam("b_pk"))
+    .values(
+        version_id=bindparam("version_id"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        content=bindparam("content"),
+    )
+)
+_INSERT_HISTORY = insert(_HIST)
+_INDEX_TABLES: list[Any] = [t.__table__ for t in (*INDEX_TABLES_BY_ROW.values(), FhirComposite)]
+_DELETE_INDEX = [delete(t).where(t.c.resource_pk == bindparam("b_pk")) for t in _INDEX_TABLES]
+_INSERT_INDEX = {t.name: insert(t) for t in _INDEX_TABLES}
+_LENGTHS = {
+    t.name: {c.name: c.type.length for c in t.c if getattr(c.type, "length", None)}
+    for t in _INDEX_TABLES
+}
+
+
 def lock_feed(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(FHIR_FEED_LOCK)))
 
 
+@dataclass(frozen=True)
+class Current:
+    """The current row of a resource (a plain record, no ORM state)."""
+
+    pk: int
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+
+
 def current(
     session: Session, resource_type: str, res_id: str, *, for_update: bool = False
-) -> FhirResource | None:
-    q = select(FhirResource).where(
-        FhirResource.resource_type == resource_type, FhirResource.res_id == res_id
+) -> Current | None:
+    lock = for_update and session.get_bind().dialect.name == "postgresql"
+    found = (
+        session.connection()
+        .execute(
+            _CURRENT_FOR_UPDATE if lock else _CURRENT, {"q_type": resource_type, "q_id": res_id}
+        )
+        .first()
     )
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update()
-    return session.scalars(q).one_or_none()
+    return Current(*found) if found is not None else None
 
 
 def dumps(resource: dict[str, Any]) -> str:
@@ -65,7 +107,7 @@ def dumps(resource: dict[str, Any]) -> str:
 def write_version(
     session: Session,
     *,
-    row: FhirResource | None,
+    row: Current | None,
     resource_type: str,
     res_id: str,
     version_id: int,
@@ -73,40 +115,46 @@ def write_version(
     method: str,
     now: datetime,
     index_rows: Sequence[object] = (),
-) -> FhirResource:
-    """Make ``content`` (None: deleted) version ``version_id`` of the resource."""
+) -> int:
+    """Make ``content`` (None: deleted) version ``version_id`` of the resource; returns its pk.
+    Core statements (no ORM unit of work): a bulk load writes thousands per second."""
     text = dumps(content) if content is not None else None
+    conn = session.connection()
+    values = {"version_id": version_id, "last_updated": now, "deleted": content is None,
+              "content": text}  # fmt: skip
     if row is None:
-        row = FhirResource(resource_type=resource_type, res_id=res_id)
-        session.add(row)
-    row.version_id, row.last_updated, row.deleted, row.content = (
-        version_id,
-        now,
-        content is None,
-        text,
-    )
-    session.add(
-        FhirHistory(
-            resource_type=resource_type,
-            res_id=res_id,
-            version_id=version_id,
-            last_updated=now,
-            method=method,
-            content=text,
-        )
-    )
-    session.flush()
-    replace_index(session, row.pk, resource_type, index_rows)
-    return row
+        pk = conn.execute(
+            _INSERT_RESOURCE, {"resource_type": resource_type, "res_id": res_id, **values}
+        ).scalar_one()
+    else:
+        pk = row.pk
+        conn.execute(_UPDATE_RESOURCE, {"b_pk": pk, **values})
+    conn.execute(
+        _INSERT_HISTORY,
+        {"resource_type": resource_type, "res_id": res_id, "version_id": version_id,
+         "last_updated": now, "method": method, "content": text},
+    )  # fmt: skip
+    replace_index(session, pk, resource_type, index_rows, fresh=row is None)
+    return int(pk)
 
 
 def replace_index(
-    session: Session, resource_pk: int, resource_type: str, rows: Iterable[object]
+    session: Session,
+    resource_pk: int,
+    resource_type: str,
+    rows: Iterable[object],
+    *,
+    fresh: bool = False,
 ) -> None:
-    """Delete the resource's index rows and insert ``rows`` (``medflow.fhir.indexing`` rows)."""
+    """Delete the resource's index rows (unless it is ``fresh``: new, it has none) and insert
+    ``rows`` (``medflow.fhir.indexing`` rows)."""
+    conn = session.connection()
     tables: list[Any] = [*INDEX_TABLES_BY_ROW.values(), FhirComposite]
-    for table in tables:
-        session.execute(delete(table).where(table.resource_pk == resource_pk))
+    if not fresh:
+        for table in tables:
+            conn.execute(
+                delete(table.__table__).where(table.__table__.c.resource_pk == resource_pk)
+            )
     batches: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         name = type(row).__name__
@@ -121,7 +169,7 @@ def replace_index(
         values["resource_type"] = resource_type
         batches.setdefault(table, []).append(_fit(table, values))
     for table, rows_of_table in batches.items():
-        session.execute(insert(table), rows_of_table)
+        conn.execute(_INSERT_INDEX[table.__tablename__], rows_of_table)
 
 
 def _values(row: object) -> dict[str, Any]:
@@ -134,9 +182,9 @@ def _values(row: object) -> dict[str, Any]:
 
 def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
     """Cut text to the column's length (the resource keeps it whole; the index what fits)."""
-    for key, value in values.items():
-        length = getattr(table.__table__.c[key].type, "length", None)
-        if isinstance(value, str) and length and len(value) > length:
+    for key, length in _LENGTHS[table.__tablename__].items():
+        value = values.get(key)
+        if isinstance(value, str) and len(value) > length:
             values[key] = value[:length]
     return values
 

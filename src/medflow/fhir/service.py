@@ -105,12 +105,7 @@ class FhirService:
     # -- read -------------------------------------------------------------------------------
     def read(self, *, resource_type: str, res_id: str) -> dict[str, Any]:
         with Session(self.engine) as s:
-            row = repo.current(s, resource_type, res_id)
-        if row is None:
-            raise NotFound(f"{resource_type}/{res_id} is not known")
-        if row.deleted or row.content is None:
-            raise Gone(f"{resource_type}/{res_id} was deleted")
-        return dict(json.loads(row.content))
+            return self.read_in(s, resource_type, res_id)
 
     def vread(self, *, resource_type: str, res_id: str, version_id: int) -> dict[str, Any]:
         with Session(self.engine) as s:

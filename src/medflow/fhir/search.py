@@ -1,0 +1,239 @@
+"""FHIR R4 search (search.html §3.1.1) over the index tables: type and system searches as a
+``searchset`` Bundle, and the matching ids that conditional create/update/delete and a
+transaction's conditional references need.
+
+A query is parsed into a :class:`~medflow.fhir.search_parse.SearchPlan`
+(:mod:`medflow.fhir.search_parse`), its criteria compiled to one SQL statement
+(:mod:`medflow.fhir.search_sql`), includes resolved in SQL too
+(:mod:`medflow.fhir.search_include`) and the Bundle built by :mod:`medflow.fhir.search_bundle`.
+
+Paging (§3.1.1.5.2 ``_count``, §3.1.1.6 ``#paging``): ``_count`` (default
+:data:`DEFAULT_COUNT`, at most :data:`MAX_COUNT`) rows from ``_offset``, in the ``_sort`` order
+completed by the primary key, so that the links are stable while the data do not change. One
+row more than the page is read to know whether there is a next page. ``_total``
+(§3.1.1.5.5): ``none`` omits the total; ``accurate`` and the default count it (``COUNT(*)``
+over the same conditions); ``estimate`` takes PostgreSQL's row estimate (``EXPLAIN``) and
+counts on SQLite. When the page itself shows the end (no next page) offset + rows is exact
+for free and no query is made. ``_summary=count`` and ``_count=0`` return the total alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, func, select, true
+from sqlalchemy.orm import Session, aliased
+
+from medflow.fhir.definitions import SearchParamRegistry
+from medflow.fhir.models import FhirResource
+from medflow.fhir.search_bundle import bundle
+from medflow.fhir.search_include import Found, found_rows, resolve
+from medflow.fhir.search_parse import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    QueryInput,
+    SearchPlan,
+    parse_query,
+)
+from medflow.fhir.search_sql import criterion_sql, sort_columns
+
+Bind = Engine | Connection | Session
+
+__all__ = [
+    "DEFAULT_COUNT",
+    "MAX_COUNT",
+    "Bind",
+    "SearchPage",
+    "SearchPlan",
+    "find_ids",
+    "find_pks",
+    "parse_query",
+    "run_search",
+    "search_bundle",
+]
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of a search: the matches, the included resources, the total (None when not
+    asked for) and whether a next page exists."""
+
+    plan: SearchPlan
+    matches: list[Found]
+    included: list[Found]
+    total: int | None
+    has_next: bool
+    warnings: tuple[str, ...]
+
+
+@contextmanager
+def _reader(bind: Bind) -> Iterator[Connection | Session]:
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            yield conn
+    else:
+        yield bind
+
+
+def _matching(plan: SearchPlan, r: Any, columns: tuple[Any, ...]) -> Select[Any]:
+    """SELECT ``columns`` FROM fhir_resource r WHERE type, not deleted, and every criterion."""
+    if plan.resource_type is not None:
+        scope = r.resource_type == plan.resource_type
+    elif plan.types:
+        scope = r.resource_type.in_(plan.types)
+    else:
+        scope = true()
+    conds = [criterion_sql(c, r) for c in plan.criteria]
+    return select(*columns).where(scope, r.deleted.is_(False), *conds)
+
+
+def _count(conn: Connection | Session, plan: SearchPlan, r: Any) -> int:
+    """``COUNT(*)``; for ``_total=estimate`` on PostgreSQL the planner's row estimate of the
+    same query instead (``EXPLAIN``, no execution: cheap however many resources match; the
+    caller raises it to what the page has shown to exist)."""
+    connection = conn.connection() if isinstance(conn, Session) else conn
+    if plan.total == "estimate" and connection.dialect.name == "postgresql":
+        stmt = _matching(plan, r, (r.pk,))
+        compiled = stmt.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        explained = connection.exec_driver_sql(
+            f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params
+        ).scalar_one()
+        doc = json.loads(explained) if isinstance(explained, str) else explained
+        return int(doc[0]["Plan"]["Plan Rows"])
+    return int(conn.execute(_matching(plan, r, (func.count(),))).scalar_one())
+
+
+def run_search(bind: Bind, plan: SearchPlan, *, default_total: str = "accurate") -> SearchPage:
+    """Execute a parsed search: one statement for the page, one for the total when needed,
+    one per include and batch. ``default_total`` applies when the query has no ``_total``."""
+    if plan.total is None:
+        plan = replace(plan, total=default_total)
+    r = aliased(FhirResource, name="r")
+    only_total = plan.summary == "count" or plan.count == 0
+    matches: list[Found] = []
+    included: list[Found] = []
+    has_next, truncated = False, False
+    total: int | None = None
+    with _reader(bind) as conn:
+        if not only_total:
+            stmt = (
+                _matching(plan, r, (r.pk, r.resource_type, r.res_id, r.content))
+                .order_by(*sort_columns(plan.sort, plan.resource_type, r))
+                .limit(plan.count + 1)
+                .offset(plan.offset)
+            )
+            matches = found_rows(conn.execute(stmt))
+            has_next = len(matches) > plan.count
+            matches = matches[: plan.count]
+            if plan.includes and matches:
+                included, truncated = resolve(conn, plan.includes, matches)
+        if only_total or plan.total != "none":
+            if not only_total and not has_next and (matches or plan.offset == 0):
+                total = plan.offset + len(matches)  # the page shows the end: exact for free
+            else:
+                seen = plan.offset + len(matches) + int(has_next) if matches else 0
+                total = max(_count(conn, plan, r), seen)
+    warnings = plan.warnings
+    if truncated:
+        warnings += ("too many resources to include: the includes of this page are cut short",)
+    return SearchPage(plan, matches, included, total, has_next, warnings)
+
+
+def search_bundle(
+    bind: Bind,
+    resource_type: str | None,
+    params: QueryInput,
+    *,
+    base_url: str,
+    strict: bool = False,
+    registry: SearchParamRegistry | None = None,
+    default_total: str = "accurate",
+) -> dict[str, Any]:
+    """Search ``resource_type`` (None: all types) and return the ``searchset`` Bundle.
+
+    ``params``: a query string, (name, value) pairs or a mapping to values. ``strict``: the
+    client sent ``Prefer: handling=strict`` (unknown parameters are an ``InvalidInput``
+    instead of warnings). ``base_url`` is the FHIR base (``https://host/fhir``): entries'
+    ``fullUrl`` and the paging links start with it, and references given as absolute URLs
+    under it are local. ``default_total`` (``accurate``, ``estimate`` or ``none``) is the
+    ``_total`` of a query that gives none.
+    """
+    plan = parse_query(resource_type, params, strict=strict, base_url=base_url, registry=registry)
+    page = run_search(bind, plan, default_total=default_total)
+    return bundle(
+        plan,
+        base_url=base_url,
+        matches=page.matches,
+        included=page.included,
+        total=page.total,
+        has_next=page.has_next,
+        warnings=page.warnings,
+    )
+
+
+def _match_rows(
+    bind: Bind,
+    resource_type: str,
+    query: QueryInput,
+    *,
+    strict: bool,
+    limit: int | None,
+    base_url: str | None,
+    registry: SearchParamRegistry | None,
+) -> list[Any]:
+    plan = parse_query(resource_type, query, strict=strict, base_url=base_url, registry=registry)
+    r = aliased(FhirResource, name="r")
+    stmt = _matching(plan, r, (r.pk, r.res_id)).order_by(r.pk)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with _reader(bind) as conn:
+        return list(conn.execute(stmt).all())
+
+
+def find_pks(
+    bind: Bind,
+    resource_type: str,
+    query: QueryInput,
+    *,
+    strict: bool = True,
+    limit: int | None = None,
+    base_url: str | None = None,
+    registry: SearchParamRegistry | None = None,
+) -> list[int]:
+    """Primary keys of the live ``resource_type`` resources matching the query's criteria, in
+    ``pk`` order (result parameters such as ``_count``/``_sort``/``_include`` are ignored).
+
+    Strict by default: a conditional create/update/delete must not widen its match by
+    ignoring a parameter it does not understand (R4 http §3.1.0.4.2 ``#cond-update``).
+    ``bind`` may be the caller's ``Session`` (inside its transaction) or ``Connection``.
+    """
+    rows = _match_rows(
+        bind, resource_type, query, strict=strict, limit=limit, base_url=base_url,
+        registry=registry,
+    )  # fmt: skip
+    return [int(row[0]) for row in rows]
+
+
+def find_ids(
+    bind: Bind,
+    resource_type: str,
+    query: QueryInput,
+    *,
+    strict: bool = True,
+    limit: int | None = None,
+    base_url: str | None = None,
+    registry: SearchParamRegistry | None = None,
+) -> list[str]:
+    """Logical ids of the matching resources (see :func:`find_pks`); with ``limit=2`` a
+    conditional operation tells none, one and several apart in one cheap query."""
+    rows = _match_rows(
+        bind, resource_type, query, strict=strict, limit=limit, base_url=base_url,
+        registry=registry,
+    )  # fmt: skip
+    return [str(row[1]) for row in rows]

@@ -267,12 +267,44 @@ def build_fhir_router() -> APIRouter:
                             media_type=FHIR_JSON)  # fmt: skip
 
     @router.post("/{resource_type}")
-    async def create(resource_type: str, request: Request, fhir: Fhir) -> Response:
+    async def create(
+        resource_type: str,
+        request: Request,
+        fhir: Fhir,
+        if_none_exist: Annotated[str | None, Header()] = None,
+    ) -> Response:
         body = await body_json(request)
         if isinstance(body, dict) and body.get("resourceType") != resource_type:
             raise FhirInvalid([_type_issue(body, resource_type)])
+        if if_none_exist:
+            query = if_none_exist
+            written = await run_in_threadpool(
+                lambda: fhir.conditional_create(resource=body, if_none_exist=query)
+            )
+            return resource_response(written, request, status=200 if written.unchanged else 201)
         written = await run_in_threadpool(lambda: fhir.create(resource=body))
         return resource_response(written, request, status=201)
+
+    @router.put("/{resource_type}")
+    async def conditional_update(resource_type: str, request: Request, fhir: Fhir) -> Response:
+        query = request.url.query
+        if not query:
+            raise InvalidInput("PUT on a type needs a search query (conditional update)")
+        body = await body_json(request)
+        written = await run_in_threadpool(
+            lambda: fhir.conditional_update(resource_type=resource_type, query=query, resource=body)
+        )
+        return resource_response(written, request, status=201 if written.created else 200)
+
+    @router.delete("/{resource_type}")
+    async def conditional_delete(resource_type: str, request: Request, fhir: Fhir) -> Response:
+        query = request.url.query
+        if not query:
+            raise InvalidInput("DELETE on a type needs a search query (conditional delete)")
+        await run_in_threadpool(
+            lambda: fhir.conditional_delete(resource_type=resource_type, query=query)
+        )
+        return Response(status_code=204)
 
     @router.get("/Patient/{res_id}/$everything")
     async def everything(res_id: str, request: Request, fhir: Fhir) -> JSONResponse:
@@ -377,7 +409,38 @@ def build_fhir_router() -> APIRouter:
         )
         return read_response(resource)
 
+    @router.get("")
+    async def search_system(request: Request) -> JSONResponse:
+        """System search (R4 §3.1.1.3), ``_type`` names the types."""
+        return await _search(request, None, list(request.query_params.multi_items()))
+
+    @router.get("/{resource_type}")
+    async def search_type(resource_type: str, request: Request) -> JSONResponse:
+        return await _search(request, resource_type, list(request.query_params.multi_items()))
+
+    @router.post("/{resource_type}/_search")
+    async def search_post(resource_type: str, request: Request) -> JSONResponse:
+        """Search by POST (R4 §3.1.1.2): form parameters and URL parameters together."""
+        form = await request.form()
+        params = list(request.query_params.multi_items())
+        params += [(k, str(v)) for k, v in form.multi_items()]
+        return await _search(request, resource_type, params)
+
     return router
+
+
+async def _search(
+    request: Request, resource_type: str | None, params: list[tuple[str, str]]
+) -> JSONResponse:
+    from medflow.fhir.search import search_bundle
+
+    fhir: FhirService = request.app.state.fhir
+    strict = "handling=strict" in request.headers.get("prefer", "")
+    base = base_url(request)
+    bundle = await run_in_threadpool(
+        lambda: search_bundle(fhir.engine, resource_type, params, base_url=base, strict=strict)
+    )
+    return JSONResponse(bundle, media_type=FHIR_JSON)
 
 
 async def _start_export(request: Request, level: str, group_id: str | None) -> Response:

@@ -161,6 +161,62 @@ class FhirService:
         self.notify()
         return written
 
+    def conditional_create(self, *, resource: Any, if_none_exist: str) -> Written:
+        """Create unless the ``If-None-Exist`` query matches (R4 §3.1.0.5.1): one match is
+        returned unchanged, several are a 412. Search and write share one transaction."""
+        from medflow.fhir.search import find_ids
+
+        body = check_resource(resource)
+        rtype = body["resourceType"]
+        with write_session(self.engine) as s:
+            repo.lock_feed(s)
+            found = find_ids(s, rtype, if_none_exist.lstrip("?"), limit=2)
+            if len(found) > 1:
+                raise PreconditionFailed(f"If-None-Exist matches several {rtype} resources")
+            if found:
+                existing = self.read_in(s, rtype, found[0])
+                meta = existing.get("meta") or {}
+                return Written(existing, rtype, found[0], int(meta.get("versionId", 1)),
+                               datetime.fromisoformat(str(meta["lastUpdated"]).replace(
+                                   "Z", "+00:00")), unchanged=True)  # fmt: skip
+            written = self.write_in(s, rtype, new_id(), body, method="create")
+            s.commit()
+        self.notify()
+        return written
+
+    def conditional_update(self, *, resource_type: str, query: str, resource: Any) -> Written:
+        """``PUT Type?query`` (R4 §3.1.0.4.3): no match creates, one match is updated,
+        several are a 412."""
+        from medflow.fhir.search import find_ids
+
+        body = check_resource(resource, resource_type)
+        with write_session(self.engine) as s:
+            repo.lock_feed(s)
+            found = find_ids(s, resource_type, query, limit=2)
+            if len(found) > 1:
+                raise PreconditionFailed(f"the query matches several {resource_type} resources")
+            if found and body.get("id") not in (None, found[0]):
+                raise InvalidInput(f"the body's id differs from the match {found[0]}")
+            res_id = found[0] if found else str(body.get("id") or new_id())
+            written = self.write_in(s, resource_type, res_id, body, method="update")
+            s.commit()
+        self.notify()
+        return written
+
+    def conditional_delete(self, *, resource_type: str, query: str) -> int:
+        """``DELETE Type?query`` (R4 §3.1.0.7.1): deletes the single match; several are a 412.
+        Returns how many were deleted (0 or 1)."""
+        from medflow.fhir.search import find_ids
+
+        with write_session(self.engine) as s:
+            found = find_ids(s, resource_type, query, limit=2)
+            if len(found) > 1:
+                raise PreconditionFailed(f"the query matches several {resource_type} resources")
+            deleted = [self.delete_in(s, resource_type, rid) for rid in found]
+            s.commit()
+        self.notify()
+        return sum(1 for d in deleted if d is not None)
+
     def update(
         self, *, resource_type: str, res_id: str, resource: Any, if_match: int | None = None
     ) -> Written:

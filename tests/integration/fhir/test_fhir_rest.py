@@ -246,3 +246,43 @@ def test_patient_everything_is_the_compartment(client: TestClient) -> None:
     assert got[0] == ("Patient", pid)
     assert sorted(got[1:]) == sorted([("Condition", mine[0]), ("Encounter", enc_id)])
     assert client.get("/fhir/Patient/nobody/$everything").status_code == 404
+
+
+def test_search_and_conditional_operations(client: TestClient) -> None:
+    for i in range(3):
+        p = patient(identifier=[{"system": "urn:medflow:mrn", "value": f"S-{i}"}])
+        assert client.post("/fhir/Patient", json=p, headers=JSON).status_code == 201
+    found = client.get("/fhir/Patient", params={"identifier": "urn:medflow:mrn|S-1"}).json()
+    assert found["type"] == "searchset" and found["total"] == 1
+    by_post = client.post(
+        "/fhir/Patient/_search",
+        data={"identifier": "urn:medflow:mrn|S-2"},
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ).json()
+    assert by_post["total"] == 1
+    system = client.get("/fhir", params={"_type": "Patient", "family": "doe"}).json()
+    assert system["total"] == 3
+
+    body = patient(identifier=[{"system": "urn:medflow:mrn", "value": "S-1"}])
+    again = client.post(
+        "/fhir/Patient",
+        json=body,
+        headers={**JSON, "If-None-Exist": "identifier=urn:medflow:mrn|S-1"},
+    )
+    assert again.status_code == 200  # exists: not created twice
+    many = client.post("/fhir/Patient", json=body, headers={**JSON, "If-None-Exist": "family=doe"})
+    assert many.status_code == 412
+    new = client.post(
+        "/fhir/Patient", json=body, headers={**JSON, "If-None-Exist": "identifier=urn:x|none"}
+    )
+    assert new.status_code == 201
+
+    upd = client.put(
+        "/fhir/Patient?identifier=urn:medflow:mrn|S-2", json=patient(gender="other"), headers=JSON
+    )
+    assert upd.status_code == 200 and upd.json()["gender"] == "other"
+    assert client.put("/fhir/Patient?family=doe", json=patient(), headers=JSON).status_code == 412
+    gone = client.delete("/fhir/Patient?identifier=urn:medflow:mrn|S-0")
+    assert gone.status_code == 204
+    after = client.get("/fhir/Patient", params={"identifier": "urn:medflow:mrn|S-0"}).json()
+    assert after["total"] == 0

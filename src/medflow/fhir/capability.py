@@ -1,16 +1,16 @@
 """The CapabilityStatement at ``/fhir/metadata`` (R4 capabilitystatement.html), generated from
 what the server really does: every R4 resource type with the interactions the REST edge
-implements. Search parameters are listed once search is served."""
+implements. Every search parameter of the type is listed (the standard R4 ones and custom ones)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from medflow import __version__
-from medflow.fhir.definitions import resource_types
+from medflow.fhir.definitions import resource_types, search_params
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance",
-                "history-type", "create"]  # fmt: skip
+                "history-type", "create", "search-type"]  # fmt: skip
 
 
 def capability_statement(base_url: str) -> dict[str, Any]:
@@ -21,7 +21,14 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalDelete": "not-supported",
+            "conditionalCreate": True,
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "searchParam": [
+                {"name": code, "type": param.type}
+                for code, param in sorted(search_params(rtype).items())
+                if not param.special or code in ("_id", "_lastUpdated")
+            ],
         }
         for rtype in sorted(resource_types())
     ]
@@ -41,6 +48,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "resource": resources,
                 "interaction": [
                     {"code": "history-system"},
+                    {"code": "search-system"},
                     {"code": "transaction"},
                     {"code": "batch"},
                 ],

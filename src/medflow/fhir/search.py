@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, func, select, true
+from sqlalchemy import Connection, Engine, Select, func, select
 from sqlalchemy.orm import Session, aliased
 
 from medflow.fhir.definitions import SearchParamRegistry
@@ -39,7 +39,7 @@ from medflow.fhir.search_parse import (
     SearchPlan,
     parse_query,
 )
-from medflow.fhir.search_sql import criterion_sql, sort_columns
+from medflow.fhir.search_sql import sort_columns, where_criteria
 
 Bind = Engine | Connection | Session
 
@@ -54,6 +54,7 @@ __all__ = [
     "parse_query",
     "run_search",
     "search_bundle",
+    "search_statement",
 ]
 
 
@@ -81,14 +82,22 @@ def _reader(bind: Bind) -> Iterator[Connection | Session]:
 
 def _matching(plan: SearchPlan, r: Any, columns: tuple[Any, ...]) -> Select[Any]:
     """SELECT ``columns`` FROM fhir_resource r WHERE type, not deleted, and every criterion."""
-    if plan.resource_type is not None:
-        scope = r.resource_type == plan.resource_type
-    elif plan.types:
-        scope = r.resource_type.in_(plan.types)
-    else:
-        scope = true()
-    conds = [criterion_sql(c, r) for c in plan.criteria]
-    return select(*columns).where(scope, r.deleted.is_(False), *conds)
+    conds = where_criteria(plan.resource_type, plan.criteria, r)
+    if plan.resource_type is None and plan.types:
+        conds.insert(0, r.resource_type.in_(plan.types))
+    return select(*columns).where(*conds, r.deleted.is_(False))
+
+
+def search_statement(plan: SearchPlan) -> Select[Any]:
+    """The page query of a plan: ``(pk, resource_type, res_id, content)`` of the matches in
+    ``_sort`` order (then ``pk``), ``_count`` + 1 rows from ``_offset`` (for EXPLAIN too)."""
+    r = aliased(FhirResource, name="r")
+    return (
+        _matching(plan, r, (r.pk, r.resource_type, r.res_id, r.content))
+        .order_by(*sort_columns(plan.sort, plan.resource_type, r))
+        .limit(plan.count + 1)
+        .offset(plan.offset)
+    )
 
 
 def _count(conn: Connection | Session, plan: SearchPlan, r: Any) -> int:
@@ -122,13 +131,7 @@ def run_search(bind: Bind, plan: SearchPlan, *, default_total: str = "accurate")
     total: int | None = None
     with _reader(bind) as conn:
         if not only_total:
-            stmt = (
-                _matching(plan, r, (r.pk, r.resource_type, r.res_id, r.content))
-                .order_by(*sort_columns(plan.sort, plan.resource_type, r))
-                .limit(plan.count + 1)
-                .offset(plan.offset)
-            )
-            matches = found_rows(conn.execute(stmt))
+            matches = found_rows(conn.execute(search_statement(plan)))
             has_next = len(matches) > plan.count
             matches = matches[: plan.count]
             if plan.includes and matches:

@@ -82,6 +82,8 @@ class Leaf:
     param: SearchParam
     modifier: str | None
     values: tuple[Any, ...]
+    via: Chain | None = None
+    """``reference:identifier``: the chain to the targets' own ``identifier`` parameters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +188,11 @@ def parse_query(
     used: list[tuple[str, str]] = []
     warnings: list[str] = []
     for name, value in query_pairs(query):
-        if name in SILENT or (value == "" and not name.startswith("_")):
+        if name in SILENT or value == "":
             continue  # an empty value is ignored (§3.1.1.4)
         try:
-            crit = _result_param(ctx, resource_type, name, value)
-            if crit is None:
+            handled = _result_param(ctx, resource_type, name, value)
+            if handled is None:
                 criteria.append(_criterion(ctx, resource_type, name, value, 0))
         except UnknownParam as exc:
             if strict:
@@ -308,7 +310,15 @@ def _leaf(
         values: tuple[Any, ...] = tuple(parse_missing(p) for p in pieces)
     else:
         values = tuple(_value(ctx, param, modifier, p) for p in pieces)
-    return Leaf(resource_type, param, modifier, values)
+    via = None
+    if param.type == "reference" and modifier == "identifier" and resource_type is not None:
+        branches = []
+        for target in param.targets:
+            ident = ctx.registry.search_params(target).get("identifier")
+            if ident is not None and ident.type == "token":
+                branches.append((target, Leaf(target, ident, None, values)))
+        via = Chain(resource_type, param, tuple(branches)) if branches else None
+    return Leaf(resource_type, param, modifier, values, via)
 
 
 def _check_modifier(param: SearchParam, modifier: str | None) -> None:

@@ -6,13 +6,20 @@ has fixed; nothing is filtered in Python:
 
 * a parameter: ``r.pk IN (SELECT resource_pk FROM fhir_<type> WHERE resource_type = :t AND
   param = :p AND (<value 1> OR <value 2> ...))``, served by the ``(resource_type, param, ...)``
-  index of each table; ``:not`` and ``:missing`` are a correlated ``[NOT] EXISTS``;
-* a chain (§3.1.1.4.9): ``r.pk IN (SELECT ref.resource_pk FROM fhir_reference ref JOIN
-  fhir_resource t ON (t.resource_type, t.res_id) = (:type, ref.target_id) WHERE ...
-  AND <inner criterion on t>)``, one SELECT per target type joined by ``UNION ALL``;
-* ``_has`` (§3.1.1.4.10): ``r.res_id IN (SELECT ref.target_id FROM fhir_reference ref JOIN
-  fhir_resource s ON s.pk = ref.resource_pk WHERE ref.target_type = :t AND <inner on s>)``;
+  index of each table, or (when another criterion drives) ``EXISTS (... WHERE resource_pk =
+  r.pk ...)``; ``:not`` and ``:missing`` are a correlated ``[NOT] EXISTS``;
+* a chain (§3.1.1.4.9): ``r.pk IN (SELECT ref.resource_pk FROM fhir_reference ref WHERE
+  ref.resource_type = :t AND ref.param = :p AND ref.target_type = :target AND ref.target_id IN
+  (SELECT t.res_id FROM fhir_resource t WHERE t.resource_type = :target AND <inner on t>))``,
+  one SELECT per target type joined by ``UNION ALL``;
+* ``_has`` (§3.1.1.4.10): ``r.res_id IN (SELECT ref.target_id FROM fhir_reference ref WHERE
+  ... AND ref.target_type = :t AND ref.resource_pk IN (SELECT s.pk FROM fhir_resource s WHERE
+  s.resource_type = :source AND <inner on s>))``;
 * ``_id``/``_lastUpdated``: the columns of ``fhir_resource`` itself.
+
+The inner sets are IN lists, so that the selective side drives the plan on both databases;
+of several criteria on one resource only the most selective is a list, the others are
+``EXISTS`` probes by ``resource_pk`` (:func:`where_criteria`).
 
 Text is compared by code point on both databases (``CodeString`` columns), so a string prefix is
 an index range (``norm >= 'smi' AND norm < 'smj'``); ``:contains`` and ``:text`` are ``LIKE``
@@ -22,11 +29,16 @@ with ``%``/``_`` escaped. Dates compare as closed UTC ranges ``[low, high]`` (th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true, union_all
+from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, union_all
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.visitors import InternalTraversal
 
+from medflow.fhir.definitions import resource_types
+from medflow.fhir.fhirpath import element_spec, split_union
 from medflow.fhir.models import (
     FhirComposite,
     FhirDate,
@@ -81,39 +93,115 @@ def _c(expr: Any) -> Cond:
     return cast(Cond, expr)
 
 
-def criterion_sql(crit: Criterion, r: Any) -> Cond:
-    """The condition on ``r`` (an alias of ``FhirResource`` of the criterion's type)."""
+def where_criteria(resource_type: str | None, criteria: Sequence[Criterion], r: Any) -> list[Cond]:
+    """The conditions on ``r`` (an alias of ``FhirResource``): its type and every criterion.
+
+    The most selective criterion (:func:`rank`) is the plan's driver, an IN list; the other
+    parameters are probed per resource (``EXISTS ... WHERE resource_pk = r.pk``). PostgreSQL
+    plans both as semi-joins; SQLite materializes every IN list whole, so only the driver
+    should be one. On SQLite the type terms of probes and, when a pk list drives, of ``r`` are
+    kept off their ``(resource_type, ...)`` indexes (:class:`Unindexed`): without ANALYZE
+    statistics SQLite would otherwise walk every row of the type (the plan it picks with
+    statistics is the one that these SQL texts force).
+    """
+    candidates = [c for c in criteria if rank(c) < NEVER_DRIVES]
+    driver = min(candidates, key=lambda c: (rank(c), isinstance(c, Leaf)), default=None)
+    conds = [criterion_sql(c, r, probe=c is not driver) for c in criteria]
+    if resource_type is not None:
+        by_pk = driver is not None and drives_by_pk(driver)
+        column = Unindexed(r.resource_type) if by_pk else r.resource_type
+        conds.insert(0, _c(column == resource_type))
+    return conds
+
+
+NEVER_DRIVES = 9
+
+
+def rank(crit: Criterion) -> int:
+    """How selective a criterion usually is (lower: more), to choose the driver; a chain or
+    ``_has`` as its innermost criterion (and preferred on a tie)."""
+    if isinstance(crit, Chain):
+        return min(rank(inner) for _, inner in crit.branches)
+    if isinstance(crit, Has):
+        return rank(crit.inner)
+    code, kind, modifier = crit.param.code, crit.param.type, crit.modifier
+    if code == "_id":
+        return 0
+    if code == "_lastUpdated" or modifier in ("not", "missing"):
+        return NEVER_DRIVES
+    if modifier in ("contains", "text"):
+        return 6
+    if kind == "token" and few_values(crit.param.expression):
+        return 4
+    if kind in ("token", "reference", "uri", "composite") or modifier == "exact":
+        return 1
+    prefixes = {getattr(v, "prefix", None) or getattr(getattr(v, "number", None), "prefix", "eq")
+                for v in crit.values}  # fmt: skip
+    return 3 if prefixes <= {"eq", None} else 5
+
+
+@lru_cache(maxsize=4096)
+def few_values(expression: str | None) -> bool:
+    """Whether a token parameter selects only ``code``/``boolean`` elements (``gender``,
+    ``status``, ``active``): a handful of values, so a poor driver."""
+    if not expression:
+        return False
+    for atom in split_union(expression):
+        spec = element_spec(atom.strip().strip("()"))
+        if spec is None or not set(spec[0]) <= {"code", "boolean"}:
+            return False
+    return True
+
+
+def drives_by_pk(crit: Criterion) -> bool:
+    """Whether a driver is a ``pk IN (...)`` list (not an ``_id``/``_has`` list of ids)."""
+    return not isinstance(crit, Has) and not (isinstance(crit, Leaf) and crit.param.code == "_id")
+
+
+def criterion_sql(crit: Criterion, r: Any, *, probe: bool = False) -> Cond:
+    """The condition on ``r`` (an alias of ``FhirResource`` of the criterion's type):
+    ``probe`` asks for a per-resource test rather than an IN list."""
     if isinstance(crit, Leaf):
-        return _leaf(crit, r)
+        return _leaf(crit, r, probe)
     if isinstance(crit, Chain):
         return _chain(crit, r)
     return _has(crit, r)
 
 
-def _scope(t: Any, resource_type: str | None, code: str) -> list[Cond]:
+def _scope(t: Any, resource_type: str | None, code: str, *, probe: bool = False) -> list[Cond]:
+    """Index rows of parameter ``code`` of ``resource_type``; of every type in a system
+    search (an IN list, so that the ``(resource_type, param, ...)`` index still serves)."""
     conds: list[Cond] = [t.param == code]
     if resource_type is not None:
-        conds.insert(0, t.resource_type == resource_type)
+        column = Unindexed(t.resource_type) if probe else t.resource_type
+        conds.insert(0, _c(column == resource_type))
+    elif not probe:
+        conds.insert(0, _c(t.resource_type.in_(sorted(resource_types()))))
     return conds
 
 
-def _leaf(leaf: Leaf, r: Any) -> Cond:
+def _leaf(leaf: Leaf, r: Any, probe: bool) -> Cond:
     code, kind = leaf.param.code, leaf.param.type
     if code == "_id":
         return _c(r.res_id.in_([v.code for v in leaf.values]))
     if code == "_lastUpdated":
         return or_(*(date_cond(v, r.last_updated, r.last_updated) for v in leaf.values))
-    t = aliased(TABLES[kind])
-    scope = _scope(t, leaf.resource_type, code)
-    if leaf.modifier == "missing":
-        present = exists().where(t.resource_pk == r.pk, *scope)
-        return or_(*((~present if missing else present) for missing in leaf.values))
     if leaf.modifier == "identifier":
         return _reference_identifier(leaf, r)
+    t = aliased(TABLES[kind])
+    probe_scope = [t.resource_pk == r.pk, *_scope(t, leaf.resource_type, code, probe=True)]
+    if leaf.modifier == "missing":
+        present: Cond = exists().where(*probe_scope)
+        if kind == "reference":  # a logical reference (Reference.identifier) is a value too
+            tok = aliased(FhirToken)
+            scope = _scope(tok, leaf.resource_type, code, probe=True)
+            present = or_(present, exists().where(tok.resource_pk == r.pk, *scope))
+        return or_(*((~present if missing else present) for missing in leaf.values))
     values = or_(*(value_cond(kind, leaf.modifier, t, v) for v in leaf.values))
-    if leaf.modifier == "not":
-        return ~exists().where(t.resource_pk == r.pk, *scope, values)
-    return _c(r.pk.in_(select(t.resource_pk).where(*scope, values)))
+    if leaf.modifier == "not" or probe:
+        found = exists().where(*probe_scope, values)
+        return ~found if leaf.modifier == "not" else found
+    return _c(r.pk.in_(select(t.resource_pk).where(*_scope(t, leaf.resource_type, code), values)))
 
 
 def value_cond(kind: str, modifier: str | None, t: Any, value: Any) -> Cond:
@@ -272,66 +360,88 @@ def _slot(t: Any, n: int, part: Any) -> Cond:
 
 def _reference_identifier(leaf: Leaf, r: Any) -> Cond:
     """``reference:identifier=system|value`` (§3.1.1.4.7): the Reference.identifier (indexed as
-    a token of the reference parameter), or the identifier of the resource referred to."""
-    code, rt = leaf.param.code, leaf.resource_type
+    a token of the reference parameter), or the identifier of the resource referred to (the
+    branches of a chain to each target type's ``identifier``)."""
     own = aliased(FhirToken)
     direct = select(own.resource_pk).where(
-        *_scope(own, rt, code), or_(*(token_cond(own.system, own.code, v) for v in leaf.values))
+        *_scope(own, leaf.resource_type, leaf.param.code),
+        or_(*(token_cond(own.system, own.code, v) for v in leaf.values)),
     )
-    ref, target, tok = aliased(FhirReference), aliased(FhirResource), aliased(FhirToken)
-    types = list(leaf.param.targets)
-    identified = select(tok.resource_pk).where(
-        tok.resource_type.in_(types) if types else true(),
-        tok.param == "identifier",
-        or_(*(token_cond(tok.system, tok.code, v) for v in leaf.values)),
-    )
-    joined = (
-        select(ref.resource_pk)
-        .join(target, and_(target.resource_type == ref.target_type, target.res_id == ref.target_id))
-        .where(*_scope(ref, rt, code), target.pk.in_(identified))
-    )
-    return _c(r.pk.in_(union_all(direct, joined)))
+    branches = _chain_branches(leaf.via) if leaf.via is not None else []
+    return _c(r.pk.in_(_union([direct, *branches])))
 
 
 def _chain(chain: Chain, r: Any) -> Cond:
     """One SELECT per target type, joined by UNION ALL (an OR of branches would make
-    PostgreSQL scan every resource of the target types)."""
+    PostgreSQL scan every resource of the target types); the matching targets are an IN list
+    that drives the ``(resource_type, param, target_id, ...)`` index of ``fhir_reference``."""
+    return _c(r.pk.in_(_union(_chain_branches(chain))))
+
+
+def _union(selects: list[Any]) -> Any:
+    """One SELECT, or several joined by UNION ALL."""
+    if len(selects) == 1:
+        return selects[0]
+    combine: Any = union_all
+    return combine(*selects)
+
+
+def _chain_branches(chain: Chain) -> list[Any]:
     branches = []
     for target, inner in chain.branches:
         ref, t = aliased(FhirReference), aliased(FhirResource)
+        targets = select(t.res_id).where(*where_criteria(target, [inner], t), t.deleted.is_(False))
         branches.append(
-            select(ref.resource_pk)
-            .join(t, and_(t.resource_type == target, t.res_id == ref.target_id))
-            .where(
+            select(ref.resource_pk).where(
                 *_scope(ref, chain.resource_type, chain.param.code),
+                ref.target_id.in_(targets),
                 ref.target_type == target,
-                t.deleted.is_(False),
-                criterion_sql(inner, t),
             )
         )
-    sub = branches[0] if len(branches) == 1 else union_all(*branches)
-    return _c(r.pk.in_(sub))
+    return branches
 
 
 def _has(has: Has, r: Any) -> Cond:
     ref, s = aliased(FhirReference), aliased(FhirResource)
-    sub = (
-        select(ref.target_id)
-        .join(s, s.pk == ref.resource_pk)
-        .where(
-            *_scope(ref, has.source_type, has.param.code),
-            ref.target_type == has.resource_type,
-            s.deleted.is_(False),
-            criterion_sql(has.inner, s),
-        )
+    sources = select(s.pk).where(
+        *where_criteria(has.source_type, [has.inner], s), s.deleted.is_(False)
+    )
+    sub = select(ref.target_id).where(  # SQLite: look up by resource_pk, not by type
+        Unindexed(ref.resource_type) == has.source_type,
+        ref.param == has.param.code,
+        Unindexed(ref.target_type) == has.resource_type,
+        ref.resource_pk.in_(sources),
     )
     return _c(r.res_id.in_(sub))
 
 
+class Unindexed(ColumnElement[str]):
+    """A column that SQLite must not use an index for (unary ``+``, SQLite's documented way
+    to disqualify a term); as is on other databases."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: Any) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(Unindexed)
+def _unindexed(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.column, **kw))
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed_sqlite(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.column, **kw))
+
+
 def sort_columns(keys: Sequence[SortKey], resource_type: str | None, r: Any) -> list[Any]:
     """ORDER BY terms: per key a correlated MIN (ascending) or MAX (descending) over the
-    resource's index rows of the parameter, missing values last; then ``r.pk`` so that the
-    order is total and offset paging is stable (§3.1.1.5.1)."""
+    resource's index rows of the parameter (looked up by ``resource_pk``), missing values
+    last; then ``r.pk`` so that the order is total and offset paging is stable
+    (§3.1.1.5.1)."""
     terms: list[Any] = []
     for key in keys:
         if key.code == "_id":
@@ -344,7 +454,7 @@ def sort_columns(keys: Sequence[SortKey], resource_type: str | None, r: Any) -> 
             agg = func.max if key.descending else func.min
             column = (
                 select(agg(getattr(t, name)))
-                .where(t.resource_pk == r.pk, *_scope(t, resource_type, key.code))
+                .where(t.resource_pk == r.pk, *_scope(t, resource_type, key.code, probe=True))
                 .scalar_subquery()
             )
         terms.append((column.desc() if key.descending else column.asc()).nulls_last())

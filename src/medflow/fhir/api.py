@@ -159,6 +159,14 @@ def _with_offset(request: Request, offset: int, count: int) -> str:
     return str(request.url.replace(query=urlencode(params)))
 
 
+async def _history(request: Request, fhir: FhirService, **scope: Any) -> JSONResponse:
+    """Instance, type or system history (R4 §3.1.0.8) as a Bundle, by ``scope``."""
+    args = _history_args(request)
+    versions, total = await run_in_threadpool(lambda: fhir.history(**scope, **args))
+    bundle = history_bundle(versions, total, request, args["offset"], args["count"])
+    return JSONResponse(bundle, media_type=FHIR_JSON)
+
+
 def _history_args(request: Request) -> dict[str, Any]:
     q = request.query_params
     out: dict[str, Any] = {}
@@ -261,10 +269,7 @@ def build_fhir_router() -> APIRouter:
 
     @router.get("/_history")
     async def system_history(request: Request, fhir: Fhir) -> JSONResponse:
-        args = _history_args(request)
-        versions, total = await run_in_threadpool(lambda: fhir.history(**args))
-        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
-                            media_type=FHIR_JSON)  # fmt: skip
+        return await _history(request, fhir)
 
     @router.post("/{resource_type}")
     async def create(
@@ -274,15 +279,17 @@ def build_fhir_router() -> APIRouter:
         if_none_exist: Annotated[str | None, Header()] = None,
     ) -> Response:
         body = await body_json(request)
-        if isinstance(body, dict) and body.get("resourceType") != resource_type:
-            raise FhirInvalid([_type_issue(body, resource_type)])
         if if_none_exist:
             query = if_none_exist
             written = await run_in_threadpool(
-                lambda: fhir.conditional_create(resource=body, if_none_exist=query)
+                lambda: fhir.conditional_create(
+                    resource=body, if_none_exist=query, resource_type=resource_type
+                )
             )
             return resource_response(written, request, status=200 if written.unchanged else 201)
-        written = await run_in_threadpool(lambda: fhir.create(resource=body))
+        written = await run_in_threadpool(
+            lambda: fhir.create(resource=body, resource_type=resource_type)
+        )
         return resource_response(written, request, status=201)
 
     @router.put("/{resource_type}")
@@ -329,12 +336,7 @@ def build_fhir_router() -> APIRouter:
 
     @router.get("/{resource_type}/_history")
     async def type_history(resource_type: str, request: Request, fhir: Fhir) -> JSONResponse:
-        args = _history_args(request)
-        versions, total = await run_in_threadpool(
-            lambda: fhir.history(resource_type=resource_type, **args)
-        )
-        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
-                            media_type=FHIR_JSON)  # fmt: skip
+        return await _history(request, fhir, resource_type=resource_type)
 
     @router.get("/{resource_type}/{res_id}")
     async def read(resource_type: str, res_id: str, fhir: Fhir) -> JSONResponse:
@@ -391,12 +393,7 @@ def build_fhir_router() -> APIRouter:
     async def instance_history(
         resource_type: str, res_id: str, request: Request, fhir: Fhir
     ) -> JSONResponse:
-        args = _history_args(request)
-        versions, total = await run_in_threadpool(
-            lambda: fhir.history(resource_type=resource_type, res_id=res_id, **args)
-        )
-        return JSONResponse(history_bundle(versions, total, request, args["offset"], args["count"]),
-                            media_type=FHIR_JSON)  # fmt: skip
+        return await _history(request, fhir, resource_type=resource_type, res_id=res_id)
 
     @router.get("/{resource_type}/{res_id}/_history/{version_id}")
     async def vread(resource_type: str, res_id: str, version_id: str, fhir: Fhir) -> JSONResponse:
@@ -471,14 +468,3 @@ async def _start_export(request: Request, level: str, group_id: str | None) -> R
     )
     location = f"{base_url(request)}/$export-status/{job_id}"
     return Response(status_code=202, headers={"Content-Location": location})
-
-
-def _type_issue(body: dict[str, Any], resource_type: str) -> Any:
-    from medflow.fhir.validation import Issue
-
-    return Issue(
-        "error",
-        "invalid",
-        "resourceType",
-        f"resourceType {body.get('resourceType')!r} does not match the URL ({resource_type})",
-    )

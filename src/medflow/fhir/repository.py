@@ -241,6 +241,19 @@ def history(
     return list(rows), total
 
 
+def version(
+    session: Session, resource_type: str, res_id: str, version_id: int
+) -> FhirHistory | None:
+    """One version of a resource (vread), by the (type, id, version) unique key."""
+    return session.scalars(
+        select(FhirHistory).where(
+            FhirHistory.resource_type == resource_type,
+            FhirHistory.res_id == res_id,
+            FhirHistory.version_id == version_id,
+        )
+    ).one_or_none()
+
+
 def changes_after(session: Session, seq: int, limit: int) -> list[FhirHistory]:
     """Versions with ``seq`` greater than a consumer's cursor, oldest first."""
     return list(

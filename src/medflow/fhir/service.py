@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -109,13 +108,12 @@ class FhirService:
 
     def vread(self, *, resource_type: str, res_id: str, version_id: int) -> dict[str, Any]:
         with Session(self.engine) as s:
-            rows, _ = repo.history(s, resource_type=resource_type, res_id=res_id, limit=1000)
-        for row in rows:
-            if row.version_id == version_id:
-                if row.content is None:
-                    raise Gone(f"{resource_type}/{res_id}/_history/{version_id} is a deletion")
-                return dict(json.loads(row.content))
-        raise NotFound(f"{resource_type}/{res_id}/_history/{version_id} is not known")
+            row = repo.version(s, resource_type, res_id, version_id)
+        if row is None:
+            raise NotFound(f"{resource_type}/{res_id}/_history/{version_id} is not known")
+        if row.content is None:
+            raise Gone(f"{resource_type}/{res_id}/_history/{version_id} is a deletion")
+        return dict(json.loads(row.content))
 
     def history(
         self,
@@ -152,21 +150,24 @@ class FhirService:
             return [_version(r) for r in repo.changes_after(s, after, limit)]
 
     # -- write ------------------------------------------------------------------------------
-    def create(self, *, resource: Any) -> Written:
-        """Create with a server-assigned id (an ``id`` in the body is ignored, R4 §3.1.0.5)."""
-        body = check_resource(resource)
+    def create(self, *, resource: Any, resource_type: str | None = None) -> Written:
+        """Create with a server-assigned id (an ``id`` in the body is ignored, R4 §3.1.0.5);
+        ``resource_type``, when given (the URL's), must be the body's."""
+        body = check_resource(resource, resource_type)
         with write_session(self.engine) as s:
             written = self.write_in(s, body["resourceType"], new_id(), body, method="create")
             s.commit()
         self.notify()
         return written
 
-    def conditional_create(self, *, resource: Any, if_none_exist: str) -> Written:
+    def conditional_create(
+        self, *, resource: Any, if_none_exist: str, resource_type: str | None = None
+    ) -> Written:
         """Create unless the ``If-None-Exist`` query matches (R4 §3.1.0.5.1): one match is
         returned unchanged, several are a 412. Search and write share one transaction."""
         from medflow.fhir.search import find_ids
 
-        body = check_resource(resource)
+        body = check_resource(resource, resource_type)
         rtype = body["resourceType"]
         with write_session(self.engine) as s:
             repo.lock_feed(s)
@@ -417,28 +418,6 @@ class FhirService:
             others = [json.loads(c) for (c,) in s.execute(q) if c is not None]
         return [patient, *(o for o in others if o.get("id") != patient_id
                            or o.get("resourceType") != "Patient")]  # fmt: skip
-
-    def iter_current(self, *, resource_type: str, batch: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every live resource of a type (bulk export, $everything), in insertion order."""
-        last = 0
-        while True:
-            with Session(self.engine) as s:
-                rows = s.execute(
-                    select(FhirResource.pk, FhirResource.content)
-                    .where(
-                        FhirResource.resource_type == resource_type,
-                        FhirResource.deleted.is_(False),
-                        FhirResource.pk > last,
-                    )
-                    .order_by(FhirResource.pk)
-                    .limit(batch)
-                ).all()
-            for pk, content in rows:
-                last = pk
-                if content is not None:
-                    yield dict(json.loads(content))
-            if len(rows) < batch:
-                return
 
 
 def _strip(resource: dict[str, Any]) -> dict[str, Any]:

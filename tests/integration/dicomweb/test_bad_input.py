@@ -88,7 +88,11 @@ def stow_one(client: TestClient, data: bytes) -> Any:
 # ------------------------------------------------------------------------------------------
 @SQLITE_ONLY
 def test_truncated_mid_header(client: TestClient, seeded: dict[str, Any]) -> None:
-    data = to_bytes(make_instance())
+    # Fixed UIDs: the cuts must land inside an element. With random UIDs, a cut could fall on an
+    # element boundary, leaving a well-formed but incomplete data set (refused as 0xA900 instead).
+    data = to_bytes(
+        make_instance(study_uid="1.2.3.4.1", series_uid="1.2.3.4.2", sop_uid="1.2.3.4.3")
+    )
     for cut in (140, 200, 400):  # inside the file meta, and inside the data set's elements
         r = stow_one(client, data[:cut])
         assert r.status_code == 409, (cut, r.text)

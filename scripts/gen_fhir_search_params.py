@@ -65,6 +65,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from medflow.fhir.fhirpath import split_union  # the package's own splitter
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "fhir-r4"
 OUT_DIR = ROOT / "src" / "medflow" / "fhir" / "data"
@@ -114,28 +116,6 @@ COMPONENT_FIXES: dict[str, list[dict[str, str]]] = {
 }
 
 _ATOM_TYPE = re.compile(r"^\(?\s*([A-Z][A-Za-z]*)\b")
-
-
-def split_union(expression: str) -> list[str]:
-    """Split ``a | b | (c as T)`` at the top-level ``|`` (not inside parentheses or quotes)."""
-    parts: list[str] = []
-    depth = 0
-    quote = False
-    start = 0
-    for i, ch in enumerate(expression):
-        if ch == "'":
-            quote = not quote
-        elif quote:
-            continue
-        elif ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            parts.append(expression[start:i].strip())
-            start = i + 1
-    parts.append(expression[start:].strip())
-    return parts
 
 
 def _load(src: Path, name: str) -> Any:

@@ -7,6 +7,7 @@ A thin router over ``FhirService``; medflow errors map to statuses in one table.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,10 +22,75 @@ from medflow.core.errors import InvalidInput, MedflowError, NotFound, Unsupporte
 from medflow.fhir.bundles import EntryFailed, batch, transaction
 from medflow.fhir.export import ExportService
 from medflow.fhir.outcomes import outcome_of, status_of
-from medflow.fhir.service import FhirInvalid, FhirService, Version, Written, instant
-from medflow.fhir.validation import validate_json_text
+from medflow.fhir.service import (
+    FhirInvalid,
+    FhirService,
+    Version,
+    Written,
+    instant,
+    version_of_etag,
+)
+from medflow.fhir.validation import parse_json_text, validate_json_text
 
 FHIR_JSON = "application/fhir+json"
+TYPE_FILTER_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
+"""``_typeFilter`` is a comma-separated list of ``Type?query``; a comma inside a query (an OR
+of values) is kept because only a comma followed by ``Type?`` separates filters."""
+
+
+_PREFERENCE = re.compile(
+    r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)"""  # name (an RFC 9110 token)
+    r"""(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,;"]*))?"""  # BWS "=" BWS word
+)
+
+
+def parse_prefer(values: list[str]) -> dict[str, str]:
+    """The preferences of ``Prefer`` headers (RFC 7240 §2): comma-separated, each
+    ``name[=value]`` with optional ``;`` parameters (ignored here), whitespace allowed around
+    ``=``, values a token or a quoted string. Names are lower-cased (case-insensitive); a
+    preference given twice counts the first time (§2); one without a value maps to "".
+    Anything malformed is skipped: a preference is a hint, never a reason to fail."""
+    out: dict[str, str] = {}
+    for header in values:
+        pos = 0
+        while pos < len(header):
+            match = _PREFERENCE.match(header, pos)
+            if match is None:  # not a preference: skip to the next one
+                cut = header.find(",", pos)
+                pos = len(header) if cut < 0 else cut + 1
+                continue
+            name, value = match.group(1).lower(), match.group(2) or ""
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            out.setdefault(name, value)
+            pos = _next_preference(header, match.end())
+    return out
+
+
+def _next_preference(header: str, pos: int) -> int:
+    """The position after the comma that ends a preference (its parameters skipped)."""
+    quoted = False
+    while pos < len(header):
+        ch = header[pos]
+        if ch == "\\" and quoted:
+            pos += 1
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            return pos + 1
+        pos += 1
+    return pos
+
+
+def preferences(request: Request) -> dict[str, str]:
+    """The request's ``Prefer`` preferences (:func:`parse_prefer`)."""
+    return parse_prefer(request.headers.getlist("prefer"))
+
+
+def strict_handling(request: Request) -> bool:
+    """``Prefer: handling=strict`` (R4 search §3.1.1.4 ``#errors``); ``lenient``, anything
+    else or nothing is lenient handling, the default."""
+    return preferences(request).get("handling", "").lower() == "strict"
 
 
 def outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,8 +159,8 @@ def resource_response(written: Written, request: Request, *, status: int = 200) 
         "Location": f"{base_url(request)}/{written.resource_type}/{written.res_id}"
         f"/_history/{written.version_id}",
     }
-    prefer = request.headers.get("prefer", "")
-    if "return=minimal" in prefer or written.resource is None:
+    minimal = preferences(request).get("return", "").lower() == "minimal"
+    if minimal or written.resource is None:
         return Response(status_code=status if written.resource else 204, headers=headers)
     return JSONResponse(written.resource, status_code=status, headers=headers,
                         media_type=FHIR_JSON)  # fmt: skip
@@ -108,12 +174,7 @@ def read_response(resource: dict[str, Any]) -> JSONResponse:
 
 def parse_if_match(value: str | None) -> int | None:
     """``If-Match: W/"3"`` → 3 (R4 §3.1.0.4.1 version aware updates)."""
-    if not value:
-        return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise InvalidInput(f"If-Match {value!r} is not a version ETag")
-    return int(text)
+    return version_of_etag(value) if value else None
 
 
 def history_bundle(
@@ -196,8 +257,10 @@ def build_fhir_router() -> APIRouter:
 
     @router.post("")
     async def bundle(request: Request, fhir: Fhir) -> JSONResponse:
-        """Batch or transaction (R4 §3.1.0.11)."""
-        body = await body_json(request)
+        """Batch or transaction (R4 §3.1.0.11); validated in the worker thread, once."""
+        body, issues = parse_json_text(await request.body())
+        if issues:
+            raise FhirInvalid(issues)
         kind = body.get("type") if isinstance(body, dict) else None
         if (
             not isinstance(body, dict)
@@ -210,7 +273,7 @@ def build_fhir_router() -> APIRouter:
         ):
             raise InvalidInput("POST /fhir takes a Bundle of type batch or transaction")
         run = transaction if kind == "transaction" else batch
-        result = await run_in_threadpool(lambda: run(fhir, body))
+        result = await run_in_threadpool(lambda: run(fhir, body, base_url=base_url(request)))
         return JSONResponse(result, media_type=FHIR_JSON)
 
     @router.get("/$export")
@@ -283,7 +346,10 @@ def build_fhir_router() -> APIRouter:
             query = if_none_exist
             written = await run_in_threadpool(
                 lambda: fhir.conditional_create(
-                    resource=body, if_none_exist=query, resource_type=resource_type
+                    resource=body,
+                    if_none_exist=query,
+                    resource_type=resource_type,
+                    base_url=base_url(request),
                 )
             )
             return resource_response(written, request, status=200 if written.unchanged else 201)
@@ -299,7 +365,9 @@ def build_fhir_router() -> APIRouter:
             raise InvalidInput("PUT on a type needs a search query (conditional update)")
         body = await body_json(request)
         written = await run_in_threadpool(
-            lambda: fhir.conditional_update(resource_type=resource_type, query=query, resource=body)
+            lambda: fhir.conditional_update(
+                resource_type=resource_type, query=query, resource=body, base_url=base_url(request)
+            )
         )
         return resource_response(written, request, status=201 if written.created else 200)
 
@@ -309,7 +377,9 @@ def build_fhir_router() -> APIRouter:
         if not query:
             raise InvalidInput("DELETE on a type needs a search query (conditional delete)")
         await run_in_threadpool(
-            lambda: fhir.conditional_delete(resource_type=resource_type, query=query)
+            lambda: fhir.conditional_delete(
+                resource_type=resource_type, query=query, base_url=base_url(request)
+            )
         )
         return Response(status_code=204)
 
@@ -432,7 +502,7 @@ async def _search(
     from medflow.fhir.search import search_bundle
 
     fhir: FhirService = request.app.state.fhir
-    strict = "handling=strict" in request.headers.get("prefer", "")
+    strict = strict_handling(request)
     base = base_url(request)
     bundle = await run_in_threadpool(
         lambda: search_bundle(fhir.engine, resource_type, params, base_url=base, strict=strict)
@@ -443,14 +513,13 @@ async def _search(
 async def _start_export(request: Request, level: str, group_id: str | None) -> Response:
     """Kick-off request (Bulk Data IG): ``Prefer: respond-async`` is required; 202 with
     Content-Location of the status endpoint."""
-    if "respond-async" not in request.headers.get("prefer", ""):
+    if "respond-async" not in preferences(request):
         raise InvalidInput("$export needs the header Prefer: respond-async")
     q = request.query_params
     fmt = q.get("_outputFormat", "application/fhir+ndjson")
     if fmt not in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
         raise Unsupported(f"_outputFormat {fmt!r}: only ndjson")
-    if q.get("_typeFilter"):
-        raise Unsupported("_typeFilter needs search, which is not served yet")
+    type_filters = [f for v in q.getlist("_typeFilter") for f in TYPE_FILTER_SPLIT.split(v) if f]
     types = [t for v in q.getlist("_type") for t in v.split(",") if t] or None
     since = None
     if q.get("_since"):
@@ -463,7 +532,12 @@ async def _start_export(request: Request, level: str, group_id: str | None) -> R
     export: ExportService = request.app.state.export
     job_id = await run_in_threadpool(
         lambda: export.start(
-            level=level, request_url=str(request.url), group_id=group_id, types=types, since=since
+            level=level,
+            request_url=str(request.url),
+            group_id=group_id,
+            types=types,
+            since=since,
+            type_filters=type_filters or None,
         )
     )
     location = f"{base_url(request)}/$export-status/{job_id}"

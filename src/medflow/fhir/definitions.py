@@ -138,6 +138,7 @@ class SearchParamRegistry:
             for param in per.values():
                 if param.url is not None:
                     self._by_url.setdefault(param.url, param)
+        self._standard = dict(self._params)
         self._lock = threading.Lock()
 
     def resource_types(self) -> frozenset[str]:
@@ -172,6 +173,18 @@ class SearchParamRegistry:
             if param.url is not None:
                 self._by_url[param.url] = param
         return param
+
+    def unregister(self, resource_type: str, code: str) -> None:
+        """Remove a custom parameter; a standard R4 parameter of the same code comes back."""
+        with self._lock:
+            per = dict(self._params.get(resource_type, {}))
+            old = per.pop(code, None)
+            standard = self._standard.get(resource_type, _EMPTY).get(code)
+            if standard is not None:
+                per[code] = standard
+            self._params[resource_type] = MappingProxyType(per)
+            if old is not None and old.url is not None and self._by_url.get(old.url) is old:
+                del self._by_url[old.url]
 
     def from_resource(self, resource: Mapping[str, Any], resource_type: str) -> SearchParam:
         """A SearchParameter resource as the :class:`SearchParam` of one of its bases."""
@@ -218,6 +231,7 @@ class SearchParamRegistry:
         clone._params = dict(self._params)
         clone._compartments = self._compartments
         clone._by_url = dict(self._by_url)
+        clone._standard = self._standard
         clone._lock = threading.Lock()
         return clone
 

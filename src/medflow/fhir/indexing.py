@@ -20,15 +20,20 @@ of the index tables. What each FHIR type becomes:
 * reference (§3.1.1.4.6): ``Type/id`` -> (type, id); an absolute URL keeps ``url`` and, when it
   ends in ``Type/id``, type and id as well; ``urn:uuid:``/``urn:oid:`` and canonical URLs -> url
   (with type/id when the URL ends in ``Type/id``, as ``http://hl7.org/fhir/ValueSet/x``); a
-  contained ``#id`` is not indexed. ``Reference.identifier`` becomes a :class:`TokenRow` of the
-  same parameter (for the ``:identifier`` modifier). An Attachment (Consent.source[x]) counts by
+  contained ``#id`` is not indexed. Only a row without ``url`` (relative) or with a ``url``
+  under the server's base is local: search tells them apart (the index does not know the
+  base). ``Reference.identifier`` becomes a :class:`TokenRow` of the same parameter (for the
+  ``:identifier`` modifier). An Attachment (Consent.source[x]) counts by
   its ``url``; a resource itself (``Bundle.entry[0].resource``) by its type and id, when its type
   is a target of the parameter.
 * quantity (§3.1.1.4.7): Quantity and its profiles (Age, Duration, Distance, Count) ->
   (value, system, code, unit); Money -> (value, ``urn:iso:std:iso:4217``, currency); a Range
-  -> a row for ``low`` and one for ``high`` (each bound on its own: ``gt``/``lt`` comparisons meet
-  the range's ends, ``eq`` meets only a bound).
-* number (§3.1.1.4.5): decimal and integer types; a Range -> its low and high values.
+  -> one row, ``value`` its low bound and ``value_high`` its high bound (``-inf``/``inf`` for a
+  missing bound: open), with the unit of its low (else high) bound: search compares the
+  interval (§3.1.1.4.6: ``eq`` contains it, ``sa``/``eb`` against its bounds). A point's
+  ``value_high`` is None.
+* number (§3.1.1.4.5): decimal and integer types; a Range -> one row as for quantity. In a
+  composite, a Range's finite bounds are two values of the component, as before.
 * uri (§3.1.1.4.13): uri, url, canonical, oid, uuid strings.
 * composite (§3.1.1.4.8): for each node the composite's expression selects, the rows of each
   component (evaluated from that node), one :class:`CompositeRow` per combination.
@@ -40,6 +45,7 @@ Decimals keep the precision of the JSON value when the resource was parsed with
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import logging
 import re
 import unicodedata
@@ -112,12 +118,17 @@ class QuantityRow:
     system: str | None
     code: str | None
     unit: str | None
+    value_high: float | None = None
+    """A Range's high bound (``inf`` when open; ``value`` is then its low bound, ``-inf`` when
+    open); None for a point value."""
 
 
 @dataclass(frozen=True, slots=True)
 class NumberRow:
     param: str
     value: Decimal
+    value_high: float | None = None
+    """As :attr:`QuantityRow.value_high`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +247,8 @@ def _composite_rows(
             rows = [
                 row
                 for value in extract.from_nodes([node], resource)
-                for row in convert(comp_code, value)
+                for whole in convert(comp_code, value)
+                for row in _range_bounds(whole)
                 if not (type(row) is TokenRow and row.code is None)
             ]
             if not rows:
@@ -246,6 +258,17 @@ def _composite_rows(
             parts.reverse()
             for combo in product(*parts):
                 yield CompositeRow(code, tuple(combo))
+
+
+def _range_bounds(row: Row) -> Iterator[Row]:
+    """A Range row as its finite bounds, each a value of its own (a composite slot holds one
+    number); any other row as is."""
+    if not isinstance(row, QuantityRow | NumberRow) or row.value_high is None:
+        yield row
+        return
+    for bound in (row.value, Decimal(repr(row.value_high))):
+        if bound.is_finite():
+            yield dataclasses.replace(row, value=bound, value_high=None)
 
 
 # --- per FHIR type --------------------------------------------------------------------------
@@ -552,13 +575,33 @@ def _quantity_rows(code: str, node: Node) -> Iterator[Row]:
             currency = _str(v.get("currency"))
             yield QuantityRow(code, value, ISO_4217 if currency else None, currency, None)
     elif kind == "Range":
-        for bound in (v.get("low"), v.get("high")):
-            if isinstance(bound, dict):
-                yield from _quantity_row(code, bound)
+        bounds = _range(v)
+        if bounds is not None:
+            low, high, unit = bounds
+            yield QuantityRow(
+                code, low, _str(unit.get("system")), _str(unit.get("code")),
+                _str(unit.get("unit")), float(high),
+            )  # fmt: skip
     elif kind in ("integer", "decimal"):
         value = to_decimal(v)
         if value is not None:
             yield QuantityRow(code, value, None, None, None)
+
+
+def _range(rng: Mapping[str, Any]) -> tuple[Decimal, Decimal, Mapping[str, Any]] | None:
+    """A Range's (low, high, the bound that gives the unit): a missing bound is ``-inf`` or
+    ``inf`` (open, R4 §3.1.1.4.1 ranges); None when it has neither."""
+    raw_low, raw_high = rng.get("low"), rng.get("high")
+    low: Mapping[str, Any] = raw_low if isinstance(raw_low, dict) else {}
+    high: Mapping[str, Any] = raw_high if isinstance(raw_high, dict) else {}
+    low_value, high_value = to_decimal(low.get("value")), to_decimal(high.get("value"))
+    if low_value is None and high_value is None:
+        return None
+    return (
+        low_value if low_value is not None else Decimal("-Infinity"),
+        high_value if high_value is not None else Decimal("Infinity"),
+        low if low_value is not None else high,
+    )
 
 
 def _quantity_row(code: str, q: Mapping[str, Any]) -> Iterator[QuantityRow]:
@@ -576,9 +619,10 @@ def _number_rows(code: str, node: Node) -> Iterator[Row]:
     elif kind == "Quantity":
         values = [to_decimal(v.get("value"))]
     elif kind == "Range":
-        values = [
-            to_decimal(b.get("value")) for b in (v.get("low"), v.get("high")) if isinstance(b, dict)
-        ]
+        bounds = _range(v)
+        if bounds is not None:
+            yield NumberRow(code, bounds[0], float(bounds[1]))
+        return
     else:
         return
     for value in values:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -38,6 +39,7 @@ class FhirResource(Base):
             "resource_type",
             "last_updated",
         ),
+        Index("ix_fhir_resource_type_pk", "resource_type", "pk"),  # a type in pk order
     )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
@@ -70,6 +72,28 @@ class FhirHistory(Base):
 
 def _resource_fk() -> Mapped[int]:
     return mapped_column(ForeignKey("fhir_resource.pk", ondelete="CASCADE"), index=True)
+
+
+def _ranges_index(table: str) -> Index:
+    """``(resource_type, param, value_high)`` over the Range rows only (a partial index: a
+    point's ``value_high`` is NULL), for the comparisons a Range answers by its high bound
+    (``gt``, ``ge``, ``ap``); tiny, since most values are points."""
+    where = text("value_high IS NOT NULL")
+    return Index(
+        f"ix_{table}_param_high",
+        "resource_type",
+        "param",
+        "value_high",
+        sqlite_where=where,
+        postgresql_where=where,
+    )
+
+
+def _value_high() -> Mapped[float | None]:
+    """A Range's high bound (``inf`` when it has none; its low bound is ``value``, ``-inf``
+    when absent); NULL for a point value (FHIR R4 search §3.1.1.4.1, §3.1.1.4.6: a Range is
+    one value, compared as the interval it covers)."""
+    return mapped_column(Float)
 
 
 def _resource_type() -> Mapped[str]:
@@ -138,7 +162,10 @@ class FhirDate(Base):
             "low",
             "high",
         ),
+        Index("ix_fhir_date_param_high", "resource_type", "param", "high"),
     )
+    """``(type, param, low, high)`` serves the prefixes bounded by ``low`` (eq, lt, le, sa, eb);
+    ``(type, param, high)`` those bounded by ``high`` (gt, ge)."""
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
     resource_pk: Mapped[int] = _resource_fk()
@@ -155,6 +182,14 @@ class FhirReference(Base):
             "ix_fhir_reference_param_target", "resource_type", "param", "target_id", "target_type"
         ),
         Index("ix_fhir_reference_target", "target_type", "target_id"),
+        Index(
+            "ix_fhir_reference_param_url",
+            "resource_type",
+            "param",
+            "url",
+            sqlite_where=text("url IS NOT NULL"),
+            postgresql_where=text("url IS NOT NULL"),
+        ),  # absolute references only: relative ones (most) have no url and cost nothing
     )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
@@ -168,6 +203,9 @@ class FhirReference(Base):
 
 
 class FhirQuantity(Base):
+    """quantity: Quantity (and Age, Duration...), Money, and Range as one row (``value`` its
+    low bound, ``value_high`` its high one)."""
+
     __tablename__ = "fhir_quantity"
     __table_args__ = (
         Index(
@@ -177,6 +215,8 @@ class FhirQuantity(Base):
             "code",
             "value",
         ),
+        Index("ix_fhir_quantity_param_value", "resource_type", "param", "value"),
+        _ranges_index("fhir_quantity"),
     )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
@@ -187,9 +227,13 @@ class FhirQuantity(Base):
     system: Mapped[str | None] = mapped_column(CodeString(255))
     code: Mapped[str | None] = mapped_column(CodeString(255))
     unit: Mapped[str | None] = mapped_column(String(255))
+    value_high: Mapped[float | None] = _value_high()
 
 
 class FhirNumber(Base):
+    """number: decimal and integer, and Range as one row (``value`` its low bound,
+    ``value_high`` its high one)."""
+
     __tablename__ = "fhir_number"
     __table_args__ = (
         Index(
@@ -198,6 +242,7 @@ class FhirNumber(Base):
             "param",
             "value",
         ),
+        _ranges_index("fhir_number"),
     )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
@@ -205,6 +250,7 @@ class FhirNumber(Base):
     resource_type: Mapped[str] = _resource_type()
     param: Mapped[str] = mapped_column(CodeString(64))
     value: Mapped[float] = mapped_column(Float)
+    value_high: Mapped[float | None] = _value_high()
 
 
 class FhirUri(Base):
@@ -233,12 +279,13 @@ class FhirComposite(Base):
     __tablename__ = "fhir_composite"
     __table_args__ = (
         Index(
-            "ix_fhir_composite_param_1",
+            "ix_fhir_composite_param_1_2",
             "resource_type",
             "param",
             "c1_code",
             "c1_system",
-        ),
+            "c2_num",
+        ),  # code$value: an index range on the value once the code is fixed
     )
 
     pk: Mapped[int] = mapped_column(BigPK, primary_key=True, autoincrement=True)
@@ -287,6 +334,8 @@ class FhirExportJob(Base):
     group_id: Mapped[str | None] = mapped_column(String(64))
     types: Mapped[str | None] = mapped_column(Text)
     """Comma-separated ``_type``; None for every type."""
+    type_filter: Mapped[str | None] = mapped_column(Text)
+    """JSON list of ``_typeFilter`` queries (``Type?search``); None when unfiltered."""
     since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16))
     """queued, running, done, failed or cancelled."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from medflow.fhir.models import (
@@ -64,6 +64,7 @@ _INSERT_HISTORY = insert(_HIST)
 _INDEX_TABLES: list[Any] = [t.__table__ for t in (*INDEX_TABLES_BY_ROW.values(), FhirComposite)]
 _DELETE_INDEX = [delete(t).where(t.c.resource_pk == bindparam("b_pk")) for t in _INDEX_TABLES]
 _INSERT_INDEX = {t.name: insert(t) for t in _INDEX_TABLES}
+_COLUMNS = {t.name: tuple(c.name for c in t.c if not c.primary_key) for t in _INDEX_TABLES}
 _LENGTHS = {
     t.name: {c.name: c.type.length for c in t.c if getattr(c.type, "length", None)}
     for t in _INDEX_TABLES
@@ -100,6 +101,20 @@ def current(
     return Current(*found) if found is not None else None
 
 
+def content_page(
+    session: Session, conditions: Sequence[Any], *, after: int, limit: int
+) -> list[tuple[int, str | None]]:
+    """``(pk, content)`` of the resources meeting ``conditions`` with ``pk > after``, in pk
+    order: keyset paging for readers that walk many resources (bulk export, reindexing)."""
+    rows = session.execute(
+        select(_RES.c.pk, _RES.c.content)
+        .where(*conditions, _RES.c.pk > after)
+        .order_by(_RES.c.pk)
+        .limit(limit)
+    ).all()
+    return [(int(pk), content) for pk, content in rows]
+
+
 def dumps(resource: dict[str, Any]) -> str:
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
 
@@ -117,7 +132,8 @@ def write_version(
     index_rows: Sequence[object] = (),
 ) -> int:
     """Make ``content`` (None: deleted) version ``version_id`` of the resource; returns its pk.
-    Core statements (no ORM unit of work): a bulk load writes thousands per second."""
+    Core statements (no ORM unit of work); the history row and the index rows are queued and
+    written per table in one ``executemany`` at commit (:func:`flush_index`)."""
     text = dumps(content) if content is not None else None
     conn = session.connection()
     values = {"version_id": version_id, "last_updated": now, "deleted": content is None,
@@ -129,8 +145,7 @@ def write_version(
     else:
         pk = row.pk
         conn.execute(_UPDATE_RESOURCE, {"b_pk": pk, **values})
-    conn.execute(
-        _INSERT_HISTORY,
+    _buffer(session).setdefault(_HIST.name, []).append(
         {"resource_type": resource_type, "res_id": res_id, "version_id": version_id,
          "last_updated": now, "method": method, "content": text},
     )  # fmt: skip
@@ -146,30 +161,69 @@ def replace_index(
     *,
     fresh: bool = False,
 ) -> None:
-    """Delete the resource's index rows (unless it is ``fresh``: new, it has none) and insert
-    ``rows`` (``medflow.fhir.indexing`` rows)."""
+    """Delete the resource's index rows (unless it is ``fresh``: new, it has none) and queue
+    ``rows`` (``medflow.fhir.indexing`` rows) for insertion.
+
+    Inserts are buffered per transaction and written with one ``executemany`` per table when
+    the transaction commits or before anything reads the index inside it
+    (:func:`flush_index`): a Bundle of 100 resources costs a handful of insert statements
+    instead of hundreds."""
     conn = session.connection()
-    tables: list[Any] = [*INDEX_TABLES_BY_ROW.values(), FhirComposite]
     if not fresh:
-        for table in tables:
-            conn.execute(
-                delete(table.__table__).where(table.__table__.c.resource_pk == resource_pk)
-            )
-    batches: dict[Any, list[dict[str, Any]]] = {}
+        flush_index(session)  # rows queued for this resource earlier in the transaction
+        for stmt in _DELETE_INDEX:
+            conn.execute(stmt, {"b_pk": resource_pk})
+    buffer = _buffer(session)
     for row in rows:
         name = type(row).__name__
         if name == "CompositeRow":
             composite = _composite(resource_pk, row)
             composite["resource_type"] = resource_type
-            batches.setdefault(FhirComposite, []).append(composite)
+            buffer.setdefault(FhirComposite.__tablename__, []).append(composite)
             continue
         table = INDEX_TABLES_BY_ROW[name]
         values = _values(row)
         values["resource_pk"] = resource_pk
         values["resource_type"] = resource_type
-        batches.setdefault(table, []).append(_fit(table, values))
-    for table, rows_of_table in batches.items():
-        conn.execute(_INSERT_INDEX[table.__tablename__], rows_of_table)
+        buffer.setdefault(table.__tablename__, []).append(_fit(table, values))
+
+
+_BUFFER_KEY = "medflow.fhir.index_buffer"
+
+
+_LISTENING_KEY = "medflow.fhir.index_buffer.listening"
+
+
+def _buffer(session: Session) -> dict[str, list[dict[str, Any]]]:
+    if not session.info.get(_LISTENING_KEY):  # once per session, however many transactions
+        session.info[_LISTENING_KEY] = True
+        event.listen(session, "before_commit", flush_index)
+        event.listen(session, "after_transaction_end", _end_of_transaction)
+    buffer: dict[str, list[dict[str, Any]]] = session.info.setdefault(_BUFFER_KEY, {})
+    return buffer
+
+
+def _end_of_transaction(session: Session, transaction: Any) -> None:
+    """The root transaction ended (committed: flushed already; rolled back: its queued rows
+    go with it). A savepoint's end keeps the outer transaction's rows."""
+    if transaction.parent is None:
+        session.info.pop(_BUFFER_KEY, None)
+
+
+def flush_index(session: Session) -> None:
+    """Write the history and index rows queued in this transaction (a search or a history
+    read inside the transaction calls it first, so it sees the transaction's own writes)."""
+    buffer: dict[str, list[dict[str, Any]]] | None = session.info.pop(_BUFFER_KEY, None)
+    if not buffer:
+        return
+    conn = session.connection()
+    history = buffer.pop(_HIST.name, None)
+    if history:  # in write order: seq follows it
+        conn.execute(_INSERT_HISTORY, history)
+    for name, rows in buffer.items():
+        if rows:  # every row names every column: executemany compiles from the first one
+            columns = _COLUMNS[name]
+            conn.execute(_INSERT_INDEX[name], [{c: r.get(c) for c in columns} for r in rows])
 
 
 def _values(row: object) -> dict[str, Any]:
@@ -221,6 +275,7 @@ def history(
     offset: int = 0,
 ) -> tuple[list[FhirHistory], int]:
     """Versions newest first (FHIR R4 http §3.1.0.8), and how many there are in all."""
+    flush_index(session)
     conds = []
     if resource_type is not None:
         conds.append(FhirHistory.resource_type == resource_type)
@@ -245,6 +300,7 @@ def version(
     session: Session, resource_type: str, res_id: str, version_id: int
 ) -> FhirHistory | None:
     """One version of a resource (vread), by the (type, id, version) unique key."""
+    flush_index(session)
     return session.scalars(
         select(FhirHistory).where(
             FhirHistory.resource_type == resource_type,
@@ -256,6 +312,7 @@ def version(
 
 def changes_after(session: Session, seq: int, limit: int) -> list[FhirHistory]:
     """Versions with ``seq`` greater than a consumer's cursor, oldest first."""
+    flush_index(session)
     return list(
         session.scalars(
             select(FhirHistory).where(FhirHistory.seq > seq).order_by(FhirHistory.seq).limit(limit)

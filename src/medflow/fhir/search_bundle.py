@@ -7,7 +7,8 @@ the resource subsets of ``_summary`` and ``_elements`` (§3.1.1.5.7 ``#summary``
 ``isSummary`` (``data/structures.json.gz``), whole (their nested non-summary elements are not
 pruned); ``text`` keeps ``text``, ``id``, ``meta`` and the mandatory top-level elements;
 ``data`` removes ``text``. ``_elements`` keeps the listed top-level elements (``name`` or
-``Patient.name``) plus ``resourceType``, ``id`` and ``meta``, and applies to matches only.
+``Patient.name``; a choice element by its base name, ``value`` for ``valueQuantity``) plus
+``resourceType``, ``id`` and ``meta``, and applies to matches only.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def top_level_keys(resource_type: str, kind: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+@cache
+def element_keys(resource_type: str, names: frozenset[str]) -> frozenset[str]:
+    """JSON keys of the top-level elements ``names``: a choice element named by its base name
+    (``value`` or ``value[x]``) is each of its typed names (``valueQuantity``,
+    ``valueString``...), as ``_elements`` names them (R4 search §3.1.1.5.9 ``#elements``);
+    a typed name or an unknown one stands for itself."""
+    elements = (_elements_table().get(resource_type) or {}).get("elements", {})
+    keys: set[str] = set()
+    for name in names:
+        base = name.removesuffix("[x]")
+        spec = elements.get(base) or {}
+        keys.update(spec.get("jsonNames") or [name])
+    return frozenset(keys)
+
+
 def shape(resource: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
     """The resource as ``_summary`` / ``_elements`` ask (unchanged when neither does)."""
     rtype = str(resource.get("resourceType"))
@@ -67,7 +83,7 @@ def shape(resource: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
         return _subset(resource, keep, drop)
     if plan.elements:
         names = {e.split(".", 1)[1] if e.startswith(rtype + ".") else e for e in plan.elements}
-        listed = {n for n in names if "." not in n}
+        listed = element_keys(rtype, frozenset(n for n in names if "." not in n))
         return _subset(resource, ALWAYS | listed | top_level_keys(rtype, "mandatory"), set())
     return resource
 

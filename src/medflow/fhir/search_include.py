@@ -25,6 +25,7 @@ from sqlalchemy.orm import aliased
 
 from medflow.fhir.models import FhirReference, FhirResource
 from medflow.fhir.search_parse import Include
+from medflow.fhir.search_sql import local_cond
 
 MAX_ITERATE = 3
 MAX_INCLUDED = 1000
@@ -46,10 +47,16 @@ def found_rows(rows: Iterable[Any]) -> list[Found]:
 
 
 def resolve(
-    conn: Any, includes: Sequence[Include], matches: Sequence[Found]
+    conn: Any,
+    includes: Sequence[Include],
+    matches: Sequence[Found],
+    *,
+    base_url: str | None = None,
 ) -> tuple[list[Found], bool]:
     """The included resources of a page (in order of discovery) and whether the
-    :data:`MAX_INCLUDED` limit cut them short."""
+    :data:`MAX_INCLUDED` limit cut them short. Only local references are followed, relative
+    or absolute under ``base_url`` (R4 §3.1.1.4.12): another server's ``Patient/1`` is not
+    this server's."""
     seen = {m.pk for m in matches}
     out: list[Found] = []
     frontier: list[Found] = list(matches)
@@ -60,7 +67,7 @@ def resolve(
         added: list[Found] = []
         for spec in specs:
             room = MAX_INCLUDED - len(out) - len(added)
-            for row in _fetch(conn, spec, frontier, room + 1):
+            for row in _fetch(conn, spec, frontier, room + 1, base_url):
                 if row.pk in seen:
                     continue
                 if len(out) + len(added) >= MAX_INCLUDED:
@@ -72,7 +79,9 @@ def resolve(
     return out, False
 
 
-def _fetch(conn: Any, spec: Include, frontier: Sequence[Found], limit: int) -> list[Found]:
+def _fetch(
+    conn: Any, spec: Include, frontier: Sequence[Found], limit: int, base_url: str | None
+) -> list[Found]:
     if spec.reverse:
         groups: dict[str, list[str]] = {}
         for row in frontier:
@@ -83,14 +92,14 @@ def _fetch(conn: Any, spec: Include, frontier: Sequence[Found], limit: int) -> l
             for rtype, ids in groups.items()
             for i in range(0, len(ids), BATCH)
         ]
-        subs = [_revinclude_sub(spec, rtype, ids) for rtype, ids in batches]
+        subs = [_revinclude_sub(spec, rtype, ids, base_url) for rtype, ids in batches]
     else:
         pks = [
             row.pk
             for row in frontier
             if spec.source_type is None or row.resource_type == spec.source_type
         ]
-        subs = [_include_sub(spec, pks[i : i + BATCH]) for i in range(0, len(pks), BATCH)]
+        subs = [_include_sub(spec, pks[i : i + BATCH], base_url) for i in range(0, len(pks), BATCH)]
     out: list[Found] = []
     for sub in subs:
         t = aliased(FhirResource)
@@ -104,9 +113,9 @@ def _fetch(conn: Any, spec: Include, frontier: Sequence[Found], limit: int) -> l
     return out
 
 
-def _include_sub(spec: Include, pks: list[int]) -> Any:
+def _include_sub(spec: Include, pks: list[int], base_url: str | None) -> Any:
     ref, x = aliased(FhirReference), aliased(FhirResource)
-    conds: list[Any] = [ref.resource_pk.in_(pks)]
+    conds: list[Any] = [ref.resource_pk.in_(pks), local_cond(ref.url, base_url)]
     if spec.source_type is not None:
         conds.append(ref.resource_type == spec.source_type)
     if spec.param is not None:
@@ -120,9 +129,13 @@ def _include_sub(spec: Include, pks: list[int]) -> Any:
     )
 
 
-def _revinclude_sub(spec: Include, target_type: str, ids: list[str]) -> Any:
+def _revinclude_sub(spec: Include, target_type: str, ids: list[str], base_url: str | None) -> Any:
     ref = aliased(FhirReference)
-    conds: list[Any] = [ref.target_type == target_type, ref.target_id.in_(ids)]
+    conds: list[Any] = [
+        ref.target_type == target_type,
+        ref.target_id.in_(ids),
+        local_cond(ref.url, base_url),
+    ]
     if spec.source_type is not None:
         conds.insert(0, ref.resource_type == spec.source_type)
     if spec.param is not None:

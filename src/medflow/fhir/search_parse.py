@@ -10,22 +10,28 @@ a reverse chain (``_has:Observation:patient:code``, nestable: §3.1.1.4.10 ``#ha
 Unknown or unsupported parameters are ignored and reported as warnings under lenient handling
 (``Prefer: handling=lenient``, the default) and are an ``InvalidInput`` under strict handling
 (§3.1.1.4 ``#errors``). Malformed values, unknown modifiers and invalid result parameters are
-an ``InvalidInput`` either way; FHIR modifiers that medflow does not implement (``:in``,
-``:not-in``, ``:above``/``:below`` on tokens and references) are ``Unsupported``.
+an ``InvalidInput`` either way; so are FHIR modifiers that medflow does not implement (``:in``,
+``:not-in``, ``:above``/``:below`` on tokens and references): a server "SHALL reject any
+search request that contains a search parameter with an unsupported modifier" (§3.1.1.4
+``#modifiers``), whatever the handling preference.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from medflow.core.errors import InvalidInput, Unsupported
+from medflow.core.errors import InvalidInput
 from medflow.fhir.definitions import SearchParam, SearchParamRegistry, default_registry
 from medflow.fhir.search_values import (
     CompositeValue,
+    DateValue,
+    QuantityValue,
+    TokenValue,
     Value,
     parse_date,
     parse_missing,
@@ -84,6 +90,9 @@ class Leaf:
     values: tuple[Any, ...]
     via: Chain | None = None
     """``reference:identifier``: the chain to the targets' own ``identifier`` parameters."""
+    types: tuple[str, ...] = ()
+    """A system search's ``_type`` (``resource_type`` None): the index rows of these types
+    count, each written from its own type's definition of the parameter (§3.1.1.4.24)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,8 @@ class Chain:
     resource_type: str
     param: SearchParam
     branches: tuple[tuple[str, Criterion], ...]
+    base_url: str | None = None
+    """The server's base: only local references lead to the targets (see :class:`Has`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,10 @@ class Has:
     source_type: str
     param: SearchParam
     inner: Criterion
+    base_url: str | None = None
+    """The server's base: only local references count, relative (``Type/id``) or absolute
+    under ``base_url`` (R4 §3.1.1.4.12 ``#reference``); another server's ``Type/id`` is not
+    this server's resource."""
 
 
 Criterion = Leaf | Chain | Has
@@ -145,6 +160,8 @@ class SearchPlan:
     """The parameters that were applied, in order (``_count``/``_offset`` left out): the
     bundle's self link (§3.1.1.6 ``#selflink``)."""
     warnings: tuple[str, ...] = ()
+    base_url: str | None = None
+    """The server's base: references under it are local (includes follow only those)."""
 
 
 @dataclass
@@ -153,6 +170,10 @@ class _Ctx:
     base_url: str | None
     now: datetime | None
     plan: dict[str, Any] = field(default_factory=dict)
+    types: tuple[str, ...] = ()
+    """A system search's ``_type``, read before the other parameters."""
+    shared: dict[str, SearchParam] | None = None
+    """The parameters that every one of ``types`` has (:func:`_shared`), once computed."""
 
 
 def query_pairs(query: QueryInput) -> list[tuple[str, str]]:
@@ -179,21 +200,31 @@ def parse_query(
 ) -> SearchPlan:
     """Parse and validate a search; ``resource_type`` None is a system search (§3.1.1.2
     ``#searchcontexts``: ``_type``, ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``,
-    ``_security``, ``_source``)."""
+    ``_security``, ``_source``).
+
+    A system search's ``_type`` is read first, wherever it stands in the query: with it the
+    parameters that all the listed types share (same code and type) may be used (§3.1.1.4.24
+    ``#_type``); with a single type the search is that type's search in all but its URL.
+    """
     reg = registry or default_registry()
     if resource_type is not None and resource_type not in reg.resource_types():
         raise InvalidInput(f"unknown resource type {resource_type!r}")
     ctx = _Ctx(reg, base_url, now)
+    pairs = query_pairs(query)
+    if resource_type is None:
+        types = [t for n, v in pairs if n == "_type" and v != "" for t in _types(ctx, v)]
+        ctx.types = tuple(dict.fromkeys(types))
+    scope = resource_type or (ctx.types[0] if len(ctx.types) == 1 else None)
     criteria: list[Criterion] = []
     used: list[tuple[str, str]] = []
     warnings: list[str] = []
-    for name, value in query_pairs(query):
+    for name, value in pairs:
         if name in SILENT or value == "":
             continue  # an empty value is ignored (§3.1.1.4)
         try:
-            handled = _result_param(ctx, resource_type, name, value)
+            handled = _result_param(ctx, scope, name, value)
             if handled is None:
-                criteria.append(_criterion(ctx, resource_type, name, value, 0))
+                criteria.append(_criterion(ctx, scope, name, value, 0))
         except UnknownParam as exc:
             if strict:
                 raise InvalidInput(f"{exc} (Prefer: handling=strict)") from exc
@@ -201,10 +232,12 @@ def parse_query(
             continue
         if name not in ("_count", "_offset"):
             used.append((name, value))
+    if scope is not None:
+        criteria += implied_composites(ctx.registry, scope, criteria)
     plan = ctx.plan
     return SearchPlan(
         resource_type=resource_type,
-        types=tuple(plan.get("types", ())),
+        types=ctx.types,
         criteria=tuple(criteria),
         sort=tuple(plan.get("sort", ())),
         count=plan.get("count", DEFAULT_COUNT),
@@ -215,14 +248,42 @@ def parse_query(
         includes=tuple(plan.get("includes", ())),
         used=tuple(used),
         warnings=tuple(warnings),
+        base_url=base_url,
     )
 
 
 def _params(ctx: _Ctx, resource_type: str | None) -> Mapping[str, SearchParam]:
     if resource_type is not None:
         return ctx.registry.search_params(resource_type)
-    common = ctx.registry.search_params("Patient")
-    return {code: p for code, p in common.items() if code.startswith("_")}
+    if ctx.shared is None:
+        common = ctx.registry.search_params("Patient")
+        ctx.shared = {code: p for code, p in common.items() if code.startswith("_")}
+        if ctx.types:
+            ctx.shared |= _shared(ctx.registry, ctx.types)
+    return ctx.shared
+
+
+def _shared(registry: SearchParamRegistry, types: Sequence[str]) -> dict[str, SearchParam]:
+    """The parameters of a system search with ``_type`` (§3.1.1.4.24): those every listed
+    type has with the same code and type (composites: the same component types). Values are
+    parsed once, with the first type's definition and the targets of all (``subject=p1`` is
+    typed only when every type's parameter has that one target); the index rows of each
+    type were written from its own definition."""
+    per_type = [registry.search_params(t) for t in types]
+    out: dict[str, SearchParam] = {}
+    for code, first in per_type[0].items():
+        if code.startswith("_"):
+            continue
+        params = [p.get(code) for p in per_type]
+        shape = (first.type, tuple(c.type for c in first.components))
+        if any(p is None or (p.type, tuple(c.type for c in p.components)) != shape
+               for p in params):  # fmt: skip
+            continue
+        found = [p for p in params if p is not None]
+        unsupported = [p for p in found if p.special or not p.indexed]
+        targets = tuple(sorted({t for p in found for t in p.targets}))
+        out[code] = unsupported[0] if unsupported else replace(first, targets=targets)
+    return out
 
 
 # --- criteria ------------------------------------------------------------------------------
@@ -248,7 +309,7 @@ def _has(ctx: _Ctx, resource_type: str | None, name: str, value: str, depth: int
         raise InvalidInput(f"{name!r}: _has takes _has:Type:reference-param:param")
     _, source, code, rest = parts
     if resource_type is None:
-        raise InvalidInput("_has needs a resource type")
+        raise InvalidInput("_has needs a resource type (or a single _type)")
     if source not in ctx.registry.resource_types():
         raise UnknownParam(f"unknown resource type {source!r} in {name!r}")
     param = ctx.registry.search_params(source).get(code)
@@ -259,7 +320,7 @@ def _has(ctx: _Ctx, resource_type: str | None, name: str, value: str, depth: int
     if param.targets and resource_type not in param.targets:
         raise InvalidInput(f"{source}:{code} does not refer to {resource_type}")
     inner = _criterion(ctx, source, rest, value, depth + 1)
-    return Has(resource_type, source, param, inner)
+    return Has(resource_type, source, param, inner, ctx.base_url)
 
 
 def _chain(
@@ -272,7 +333,7 @@ def _chain(
     depth: int,
 ) -> Chain:
     if resource_type is None:
-        raise InvalidInput("chained parameters need a resource type")
+        raise InvalidInput("chained parameters need a resource type (or a single _type)")
     param = ctx.registry.search_params(resource_type).get(code)
     if param is None:
         raise UnknownParam(f"unknown search parameter {code!r} for {resource_type}")
@@ -288,14 +349,19 @@ def _chain(
             continue
     if not branches:
         raise UnknownParam(f"no target of {resource_type}:{code} has a parameter {tail!r}")
-    return Chain(resource_type, param, tuple(branches))
+    return Chain(resource_type, param, tuple(branches), ctx.base_url)
 
 
 def _leaf(
     ctx: _Ctx, resource_type: str | None, code: str, modifier: str | None, value: str
 ) -> Leaf:
     param = _params(ctx, resource_type).get(code)
-    where = resource_type or "a system search"
+    if resource_type is not None:
+        where = resource_type
+    elif ctx.types:
+        where = f"every one of _type={','.join(ctx.types)}"
+    else:
+        where = "a system search (without _type)"
     if param is None:
         raise UnknownParam(f"unknown search parameter {code!r} for {where}")
     if param.code in ENGINE_PARAMS:
@@ -317,17 +383,23 @@ def _leaf(
             ident = ctx.registry.search_params(target).get("identifier")
             if ident is not None and ident.type == "token":
                 branches.append((target, Leaf(target, ident, None, values)))
-        via = Chain(resource_type, param, tuple(branches)) if branches else None
-    return Leaf(resource_type, param, modifier, values, via)
+        via = Chain(resource_type, param, tuple(branches), ctx.base_url) if branches else None
+    types = ctx.types if resource_type is None else ()
+    return Leaf(resource_type, param, modifier, values, via, types)
 
 
 def _check_modifier(param: SearchParam, modifier: str | None) -> None:
+    """A modifier this parameter's type supports; an unknown or unsupported one is an
+    ``InvalidInput`` (400) under lenient handling too (§3.1.1.4 ``#modifiers``: servers
+    "SHALL reject" it, not ignore it)."""
     if modifier is None or modifier in MODIFIERS.get(param.type, ()):
         return
     if param.type == "reference" and modifier in param.targets:
         return
     if modifier in FHIR_MODIFIERS:
-        raise Unsupported(f"modifier :{modifier} is not supported on {param.type} {param.code!r}")
+        raise InvalidInput(
+            f"modifier :{modifier} is not supported on {param.type} parameter {param.code!r}"
+        )
     raise InvalidInput(f"unknown modifier :{modifier} on {param.type} parameter {param.code!r}")
 
 
@@ -413,8 +485,8 @@ def _result_param(ctx: _Ctx, resource_type: str | None, name: str, value: str) -
         plan[name[1:]] = value
     elif name == "_elements":
         plan.setdefault("elements", []).extend(e.strip() for e in value.split(",") if e.strip())
-    elif name == "_type" and resource_type is None:
-        plan.setdefault("types", []).extend(_types(ctx, value))
+    elif name == "_type" and ctx.types:
+        pass  # read first, by parse_query
     elif name in ("_contained", "_containedType", "_score", "_filter", "_query", "_list"):
         raise UnknownParam(f"{name} is not supported")
     else:
@@ -472,3 +544,58 @@ def _include(ctx: _Ctx, value: str, *, iterate: bool, reverse: bool) -> Include:
     if target is not None and target not in param.targets:
         raise InvalidInput(f"{kind}: {source}:{code} does not refer to {target!r}")
     return Include(source, code, target, iterate, reverse)
+
+
+def implied_composites(
+    registry: SearchParamRegistry, resource_type: str, criteria: Sequence[Criterion]
+) -> list[Criterion]:
+    """Composite criteria implied by the query's separate ones, so that the composite index
+    can drive: ``Observation?code=http://loinc.org|2085-9&value-quantity=gt77|…|mg/dL``
+    also means ``code-value-quantity=http://loinc.org|2085-9$gt77|…|mg/dL`` — one index range
+    instead of every Observation with that code probed for its value.
+
+    Only for a composite whose expression is the resource itself (each component is then
+    evaluated on the whole resource, and the composite rows are the product of the component
+    values, §3.1.1.4.8: the composite matches exactly when both separate criteria do), and
+    for plain single values whose composite slot holds the same thing (a token with a code; a
+    quantity or number without the ``number||unit`` form, which the composite slot cannot
+    match by unit). The separate criteria stay: the added one only narrows what drives.
+    """
+    plain = {
+        c.param.url: c
+        for c in criteria
+        if isinstance(c, Leaf) and c.modifier is None and c.via is None and len(c.values) == 1
+    }
+    out: list[Criterion] = []
+    for param in registry.search_params(resource_type).values():
+        if param.type != "composite" or param.expression != resource_type or param.custom:
+            continue  # a custom composite's components may select other elements
+        if len(param.components) < 2:
+            continue
+        found = [plain.get(comp.definition) for comp in param.components]
+        if any(f is None for f in found):
+            continue
+        leaves = [f for f in found if f is not None]
+        if not all(_slot_compatible(f) for f in leaves):
+            continue
+        parts = [f.values[0] for f in leaves]
+        out.append(Leaf(resource_type, param, None, (CompositeValue(tuple(parts)),)))
+    return out
+
+
+def _slot_compatible(leaf: Leaf) -> bool:
+    """Whether a composite slot matches this single value exactly as the separate parameter
+    does: a token with a code; a date; a quantity given with its system (or no unit) whose
+    parameter only reaches Quantity elements (a Range target is matched as a range by the
+    parameter but as its two bounds by a composite slot)."""
+    value = leaf.values[0]
+    if isinstance(value, TokenValue):
+        return value.code is not None and value.type_system is None
+    if isinstance(value, QuantityValue):
+        expression = leaf.param.expression or ""
+        atoms = [atom for atom in expression.split("|") if atom.strip()]
+        only_quantity = all(  # every path casts its choice element, never to Range
+            re.search(r"\bas\b|\.as\(|ofType\(", atom) and "Range" not in atom for atom in atoms
+        )
+        return only_quantity and (value.system is not None or value.code is None)
+    return isinstance(value, DateValue)

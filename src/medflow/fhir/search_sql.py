@@ -17,13 +17,20 @@ has fixed; nothing is filtered in Python:
   s.resource_type = :source AND <inner on s>))``;
 * ``_id``/``_lastUpdated``: the columns of ``fhir_resource`` itself.
 
+Wherever ``target_type``/``target_id`` stand for a resource of this server (a ``Type/id``
+value, chains, ``_has``, includes) the reference row must be local (:func:`local_cond`,
+§3.1.1.4.12): relative, or absolute under the plan's base URL.
+
 The inner sets are IN lists, so that the selective side drives the plan on both databases;
 of several criteria on one resource only the most selective is a list, the others are
 ``EXISTS`` probes by ``resource_pk`` (:func:`where_criteria`).
 
 Text is compared by code point on both databases (``CodeString`` columns), so a string prefix is
 an index range (``norm >= 'smi' AND norm < 'smj'``); ``:contains`` and ``:text`` are ``LIKE``
-with ``%``/``_`` escaped. Dates compare as closed UTC ranges ``[low, high]`` (the index's form).
+with ``%``/``_`` escaped. Dates compare as closed UTC ranges ``[low, high]`` (the index's form);
+so do number and quantity Range targets (``[value, value_high]``), whose matches by their high
+bound alone (``gt``/``ge``/``ap``) are a second SELECT joined by ``UNION ALL`` over a partial
+index of the Range rows, so that a point search keeps its index range on ``value``.
 """
 
 from __future__ import annotations
@@ -93,8 +100,23 @@ def _c(expr: Any) -> Cond:
     return cast(Cond, expr)
 
 
-def where_criteria(resource_type: str | None, criteria: Sequence[Criterion], r: Any) -> list[Cond]:
-    """The conditions on ``r`` (an alias of ``FhirResource``): its type and every criterion.
+def where_criteria(
+    resource_type: str | None,
+    criteria: Sequence[Criterion],
+    r: Any,
+    *,
+    types: Sequence[str] = (),
+    probe_joins: bool = True,
+    walk: bool = False,
+) -> list[Cond]:
+    """The conditions on ``r`` (an alias of ``FhirResource``): its type (``resource_type``,
+    or one of a system search's ``_type`` ``types``) and every criterion.
+
+    Chains and ``_has`` that do not drive are probed per resource too (a page stops early);
+    ``probe_joins=False`` (a count, which visits every match) keeps them as IN lists.
+    ``walk``: no driver at all; the type's resources are walked in ``pk`` order (the
+    ``(resource_type, pk)`` index) and every criterion is probed, for a page whose driver
+    would collect a large share of the type (see ``search.walk_instead``).
 
     The most selective criterion (:func:`rank`) is the plan's driver, an IN list; the other
     parameters are probed per resource (``EXISTS ... WHERE resource_pk = r.pk``). PostgreSQL
@@ -104,17 +126,29 @@ def where_criteria(resource_type: str | None, criteria: Sequence[Criterion], r: 
     statistics SQLite would otherwise walk every row of the type (the plan it picks with
     statistics is the one that these SQL texts force).
     """
-    candidates = [c for c in criteria if rank(c) < NEVER_DRIVES]
-    driver = min(candidates, key=lambda c: (rank(c), isinstance(c, Leaf)), default=None)
-    conds = [criterion_sql(c, r, probe=c is not driver) for c in criteria]
+    candidates = [c for c in criteria if rank(c) < NEVER_DRIVES and not walk]
+    driver = min(candidates, key=_driver_key, default=None)
+    conds = [
+        criterion_sql(c, r, probe=c is not driver and (probe_joins or isinstance(c, Leaf)))
+        for c in criteria
+    ]
+    by_pk = driver is not None and drives_by_pk(driver)
+    column = Unindexed(r.resource_type) if by_pk else r.resource_type
     if resource_type is not None:
-        by_pk = driver is not None and drives_by_pk(driver)
-        column = Unindexed(r.resource_type) if by_pk else r.resource_type
         conds.insert(0, _c(column == resource_type))
+    elif types:
+        conds.insert(0, _c(column.in_(types)))
     return conds
 
 
 NEVER_DRIVES = 9
+
+
+def _driver_key(crit: Criterion) -> tuple[int, bool, bool]:
+    """Rank, then a chain or ``_has`` before a leaf, then a composite (narrower than either
+    of its components, and one index range) before other leaves of the same rank."""
+    composite = isinstance(crit, Leaf) and crit.param.type == "composite"
+    return rank(crit), isinstance(crit, Leaf), not composite
 
 
 def rank(crit: Criterion) -> int:
@@ -154,8 +188,8 @@ def few_values(expression: str | None) -> bool:
 
 
 def drives_by_pk(crit: Criterion) -> bool:
-    """Whether a driver is a ``pk IN (...)`` list (not an ``_id``/``_has`` list of ids)."""
-    return not isinstance(crit, Has) and not (isinstance(crit, Leaf) and crit.param.code == "_id")
+    """Whether a driver is a ``pk IN (...)`` list (not an ``_id`` list of ids)."""
+    return not (isinstance(crit, Leaf) and crit.param.code == "_id")
 
 
 def criterion_sql(crit: Criterion, r: Any, *, probe: bool = False) -> Cond:
@@ -164,19 +198,27 @@ def criterion_sql(crit: Criterion, r: Any, *, probe: bool = False) -> Cond:
     if isinstance(crit, Leaf):
         return _leaf(crit, r, probe)
     if isinstance(crit, Chain):
-        return _chain(crit, r)
-    return _has(crit, r)
+        return _chain_probe(crit, r) if probe else _chain(crit, r)
+    return _has_probe(crit, r) if probe else _has(crit, r)
 
 
-def _scope(t: Any, resource_type: str | None, code: str, *, probe: bool = False) -> list[Cond]:
-    """Index rows of parameter ``code`` of ``resource_type``; of every type in a system
-    search (an IN list, so that the ``(resource_type, param, ...)`` index still serves)."""
+def _scope(
+    t: Any,
+    resource_type: str | None,
+    code: str,
+    *,
+    probe: bool = False,
+    types: Sequence[str] = (),
+) -> list[Cond]:
+    """Index rows of parameter ``code`` of ``resource_type``; in a system search of the
+    ``_type`` ``types``, or of every type (an IN list, so that the ``(resource_type, param,
+    ...)`` index still serves)."""
     conds: list[Cond] = [t.param == code]
     if resource_type is not None:
         column = Unindexed(t.resource_type) if probe else t.resource_type
         conds.insert(0, _c(column == resource_type))
     elif not probe:
-        conds.insert(0, _c(t.resource_type.in_(sorted(resource_types()))))
+        conds.insert(0, _c(t.resource_type.in_(sorted(types or resource_types()))))
     return conds
 
 
@@ -189,19 +231,27 @@ def _leaf(leaf: Leaf, r: Any, probe: bool) -> Cond:
     if leaf.modifier == "identifier":
         return _reference_identifier(leaf, r)
     t = aliased(TABLES[kind])
-    probe_scope = [t.resource_pk == r.pk, *_scope(t, leaf.resource_type, code, probe=True)]
+    probe_scope = [
+        t.resource_pk == r.pk,
+        *_scope(t, leaf.resource_type, code, probe=True, types=leaf.types),
+    ]
     if leaf.modifier == "missing":
         present: Cond = exists().where(*probe_scope)
         if kind == "reference":  # a logical reference (Reference.identifier) is a value too
             tok = aliased(FhirToken)
-            scope = _scope(tok, leaf.resource_type, code, probe=True)
+            scope = _scope(tok, leaf.resource_type, code, probe=True, types=leaf.types)
             present = or_(present, exists().where(tok.resource_pk == r.pk, *scope))
         return or_(*((~present if missing else present) for missing in leaf.values))
     values = or_(*(value_cond(kind, leaf.modifier, t, v) for v in leaf.values))
+    extras = [e for v in leaf.values if (e := range_extra(kind, t, v)) is not None]
     if leaf.modifier == "not" or probe:
-        found = exists().where(*probe_scope, values)
+        found = exists().where(*probe_scope, or_(values, *extras))
         return ~found if leaf.modifier == "not" else found
-    return _c(r.pk.in_(select(t.resource_pk).where(*_scope(t, leaf.resource_type, code), values)))
+    scope = _scope(t, leaf.resource_type, code, types=leaf.types)
+    selects = [select(t.resource_pk).where(*scope, values)]
+    if extras:  # the Ranges that their high bound decides: through their own (small) index
+        selects.append(select(t.resource_pk).where(*scope, or_(*extras)))
+    return _c(r.pk.in_(_union(selects)))
 
 
 def value_cond(kind: str, modifier: str | None, t: Any, value: Any) -> Cond:
@@ -215,9 +265,9 @@ def value_cond(kind: str, modifier: str | None, t: Any, value: Any) -> Cond:
     if kind == "date":
         return date_cond(value, t.low, t.high)
     if kind == "number":
-        return number_cond(value, t.value)
+        return number_cond(value, t.value, t.value_high)
     if kind == "quantity":
-        return quantity_cond(value, t.value, t.system, t.code, t.unit)
+        return quantity_cond(value, t.value, t.system, t.code, t.unit, t.value_high)
     if kind == "uri":
         return uri_cond(t.value, value, modifier)
     if kind == "reference":
@@ -282,36 +332,91 @@ def date_cond(v: DateValue, low: Any, high: Any) -> Cond:
     return result
 
 
-def number_cond(v: NumberValue, column: Any) -> Cond:
+def number_cond(v: NumberValue, column: Any, high: Any = None) -> Cond:
     """eq/ne use the precision range of the value, the comparisons the exact value; ap is
-    within 10% of it (§3.1.1.4.1)."""
-    exact = float(v.value)
+    within 10% of it (§3.1.1.4.1).
+
+    With ``high`` (``value_high``: NULL for a point) a row may be a Range, ``column`` its low
+    bound: the target is the interval [low, high] (§3.1.1.4.1, §3.1.1.4.6 ranges): eq the
+    search range contains it, ne not; gt/ge the range above the value intersects it (high >
+    value), lt/le the range below does (low < value); sa it starts after the value, eb it ends
+    before; ap it overlaps the approximate range. This condition is the part that the index on
+    ``column`` answers: every point, and the Ranges whose low bound decides (a residual test
+    of ``high`` for eq and eb); :func:`range_extra` adds the Ranges that only their high bound
+    matches (gt, ge, ap), so that a point search keeps its index range."""
+    exact, low, upper = float(v.value), float(v.low), float(v.high)
+    ranged = Unindexed(high) if high is not None else None
     if v.prefix == "eq":
-        return and_(column >= float(v.low), column < float(v.high))
+        conds = [column >= low, column < upper]
+        if ranged is not None:
+            conds.append(or_(ranged.is_(None), ranged < upper))
+        return and_(*conds)
     if v.prefix == "ne":
-        return or_(column < float(v.low), column >= float(v.high))
+        terms = [column < low, column >= upper]
+        if ranged is not None:
+            terms.append(ranged >= upper)
+        return or_(*terms)
     if v.prefix == "ap":
         spread = abs(v.value) / 10
         if not spread:
-            return and_(column >= float(v.low), column < float(v.high))
+            return and_(column >= low, column < upper)
         return and_(column >= float(v.value - spread), column <= float(v.value + spread))
+    if v.prefix == "eb" and ranged is not None:
+        return and_(column < exact, or_(ranged.is_(None), ranged < exact))
     ops = {"gt": column > exact, "sa": column > exact, "lt": column < exact, "eb": column < exact}
     ops |= {"ge": column >= exact, "le": column <= exact}
     result: Cond = ops[v.prefix]
     return result
 
 
-def quantity_cond(v: QuantityValue, value: Any, system: Any, code: Any, unit: Any) -> Cond:
+def number_range_extra(v: NumberValue, column: Any, high: Any) -> Cond | None:
+    """The Ranges that :func:`number_cond` leaves to their high bound (``high`` NOT NULL: the
+    partial ``(type, param, value_high)`` index): gt/ge, the range above the value meets
+    [low, high] though low does not; ap, [low, high] overlaps the approximate range."""
+    exact = float(v.value)
+    if v.prefix == "gt":
+        return _c(high > exact)
+    if v.prefix == "ge":
+        return _c(high >= exact)
+    if v.prefix == "ap":
+        spread = abs(v.value) / 10
+        if not spread:
+            return and_(high >= float(v.low), column < float(v.high))
+        return and_(high >= float(v.value - spread), column <= float(v.value + spread))
+    return None
+
+
+def range_extra(kind: str, t: Any, value: Any) -> Cond | None:
+    """For a number or quantity value, the Range rows of ``t`` that match only by their high
+    bound (:func:`number_range_extra`); None for other kinds and prefixes."""
+    if kind == "number":
+        return number_range_extra(value, t.value, t.value_high)
+    if kind != "quantity":
+        return None
+    extra = number_range_extra(value.number, t.value, t.value_high)
+    if extra is None:
+        return None
+    return and_(extra, *_unit_conds(value, t.system, t.code, t.unit))
+
+
+def quantity_cond(
+    v: QuantityValue, value: Any, system: Any, code: Any, unit: Any, high: Any = None
+) -> Cond:
     """``number|system|code`` matches system and code; ``number||code`` code or unit
-    (§3.1.1.4.6). Units are not converted (no UCUM canonical form)."""
-    conds = [number_cond(v.number, value)]
+    (§3.1.1.4.6). Units are not converted (no UCUM canonical form). ``high``: see
+    :func:`number_cond`."""
+    return and_(number_cond(v.number, value, high), *_unit_conds(v, system, code, unit))
+
+
+def _unit_conds(v: QuantityValue, system: Any, code: Any, unit: Any) -> list[Cond]:
+    conds: list[Cond] = []
     if v.system is not None:
         conds.append(system == v.system)
         if v.code is not None:
             conds.append(code == v.code)
     elif v.code is not None:
         conds.append(or_(code == v.code, unit == v.code) if unit is not None else code == v.code)
-    return and_(*conds)
+    return conds
 
 
 def uri_cond(column: Any, v: UriValue, modifier: str | None) -> Cond:
@@ -328,11 +433,33 @@ def uri_cond(column: Any, v: UriValue, modifier: str | None) -> Cond:
 
 
 def reference_cond(t: Any, v: ReferenceValue) -> Cond:
+    """An absolute URL as written; ``Type/id`` or ``id`` a local reference to it
+    (:func:`local_cond`)."""
     if v.url is not None:
         return _c(t.url == v.url)
     if v.target_type is None:
-        return _c(t.target_id == v.target_id)
-    return and_(t.target_id == v.target_id, t.target_type == v.target_type)
+        return and_(t.target_id == v.target_id, local_cond(t.url, v.base_url))
+    return and_(
+        t.target_id == v.target_id, t.target_type == v.target_type, local_cond(t.url, v.base_url)
+    )
+
+
+def local_cond(url: Any, base_url: str | None) -> Cond:
+    """Whether a reference row points at this server's resource (R4 §3.1.1.4.12
+    ``#reference``): a relative reference (``Type/id``: ``url`` NULL) or an absolute URL under
+    ``base_url`` ("If the server base address is http://example.org/fhir, then ... also matches
+    http://example.org/fhir/Patient/123"). Another server's URL or a canonical that ends in
+    ``Type/id`` keeps its ``target_type``/``target_id`` in the index but is not local.
+
+    A residual filter after the ``(type, param, target_id, target_type)`` lookup: ``url`` is
+    :class:`Unindexed` so that SQLite does not turn the OR into lookups on ``url``."""
+    column = Unindexed(url)
+    if not base_url:
+        return _c(column.is_(None))
+    prefix = base_url.rstrip("/") + "/"
+    upper = prefix_upper(prefix)
+    assert upper is not None  # "/" has a successor
+    return or_(column.is_(None), and_(column >= prefix, column < upper))
 
 
 def _slot(t: Any, n: int, part: Any) -> Cond:
@@ -364,7 +491,7 @@ def _reference_identifier(leaf: Leaf, r: Any) -> Cond:
     branches of a chain to each target type's ``identifier``)."""
     own = aliased(FhirToken)
     direct = select(own.resource_pk).where(
-        *_scope(own, leaf.resource_type, leaf.param.code),
+        *_scope(own, leaf.resource_type, leaf.param.code, types=leaf.types),
         or_(*(token_cond(own.system, own.code, v) for v in leaf.values)),
     )
     branches = _chain_branches(leaf.via) if leaf.via is not None else []
@@ -376,6 +503,45 @@ def _chain(chain: Chain, r: Any) -> Cond:
     PostgreSQL scan every resource of the target types); the matching targets are an IN list
     that drives the ``(resource_type, param, target_id, ...)`` index of ``fhir_reference``."""
     return _c(r.pk.in_(_union(_chain_branches(chain))))
+
+
+def _chain_probe(chain: Chain, r: Any) -> Cond:
+    """A chain tested per resource (not the driver): the reference rows of ``r`` lead to the
+    target, which must meet the inner criterion (itself probed). A page ordered by ``pk``
+    then stops after ``_count`` matches instead of collecting every target of a broad inner
+    criterion (``subject:Patient.birthdate=lt1950``)."""
+    branches = []
+    for target, inner in chain.branches:
+        ref, t = aliased(FhirReference), aliased(FhirResource)
+        branches.append(
+            exists().where(
+                ref.resource_pk == r.pk,
+                *_scope(ref, chain.resource_type, chain.param.code, probe=True),
+                ref.target_type == target,
+                local_cond(ref.url, chain.base_url),
+                t.resource_type == target,
+                t.res_id == ref.target_id,
+                t.deleted.is_(False),
+                criterion_sql(inner, t, probe=True),
+            )
+        )
+    return or_(*branches)
+
+
+def _has_probe(has: Has, r: Any) -> Cond:
+    """``_has`` tested per resource (not the driver): a source resource refers to ``r``
+    through the parameter and meets the inner criterion (probed)."""
+    ref, s = aliased(FhirReference), aliased(FhirResource)
+    return exists().where(
+        ref.target_type == has.resource_type,
+        ref.target_id == r.res_id,
+        Unindexed(ref.resource_type) == has.source_type,
+        ref.param == has.param.code,
+        local_cond(ref.url, has.base_url),
+        s.pk == ref.resource_pk,
+        s.deleted.is_(False),
+        criterion_sql(has.inner, s, probe=True),
+    )
 
 
 def _union(selects: list[Any]) -> Any:
@@ -396,6 +562,7 @@ def _chain_branches(chain: Chain) -> list[Any]:
                 *_scope(ref, chain.resource_type, chain.param.code),
                 ref.target_id.in_(targets),
                 ref.target_type == target,
+                local_cond(ref.url, chain.base_url),
             )
         )
     return branches
@@ -411,8 +578,11 @@ def _has(has: Has, r: Any) -> Cond:
         ref.param == has.param.code,
         Unindexed(ref.target_type) == has.resource_type,
         ref.resource_pk.in_(sources),
+        local_cond(ref.url, has.base_url),
     )
-    return _c(r.res_id.in_(sub))
+    t = aliased(FhirResource)  # a pk list like every other driver (the targets by their id)
+    targets = select(t.pk).where(t.resource_type == has.resource_type, t.res_id.in_(sub))
+    return _c(r.pk.in_(targets))
 
 
 class Unindexed(ColumnElement[str]):
@@ -452,8 +622,11 @@ def sort_columns(keys: Sequence[SortKey], resource_type: str | None, r: Any) -> 
             t = aliased(TABLES[key.type])
             name = SORT_COLUMNS[key.type][1 if key.descending else 0]
             agg = func.max if key.descending else func.min
+            value = getattr(t, name)
+            if key.descending and key.type in ("number", "quantity"):
+                value = func.coalesce(t.value_high, t.value)  # a Range's high bound
             column = (
-                select(agg(getattr(t, name)))
+                select(agg(value))
                 .where(t.resource_pk == r.pk, *_scope(t, resource_type, key.code, probe=True))
                 .scalar_subquery()
             )

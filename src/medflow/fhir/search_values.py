@@ -112,11 +112,16 @@ class QuantityValue:
 
 @dataclass(frozen=True, slots=True)
 class ReferenceValue:
-    """``Type/id`` or ``id`` (type None: any type), or an absolute ``url``."""
+    """``Type/id`` or ``id`` (type None: any type), or an absolute ``url``.
+
+    ``Type/id`` and ``id`` name a resource of this server (R4 §3.1.1.4.12): it matches a
+    relative reference, or an absolute one under ``base_url`` (None: relative ones only), not
+    another server's URL or a canonical that happen to end in ``Type/id``."""
 
     target_type: str | None
     target_id: str | None
     url: str | None
+    base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +255,10 @@ def parse_reference(
     if match:
         if type_modifier and match.group(1) != type_modifier:
             raise InvalidInput(f"{value!r} is not a {type_modifier} reference")
-        return ReferenceValue(match.group(1), match.group(2), None)
+        return ReferenceValue(match.group(1), match.group(2), None, base_url)
     if _ID.match(value):
         target = type_modifier or (targets[0] if len(targets) == 1 else None)
-        return ReferenceValue(target, value, None)
+        return ReferenceValue(target, value, None, base_url)
     if ":" in value.split("/", 1)[0]:
         return ReferenceValue(None, None, value)
     raise InvalidInput(f"invalid reference {text!r} (Type/id, id or an absolute URL)")

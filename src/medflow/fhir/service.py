@@ -9,14 +9,17 @@ validator's issues (element paths), which the REST edge turns into an OperationO
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import jsonpatch
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, event, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,10 +27,12 @@ from sqlalchemy.orm import Session
 from medflow.core.errors import Gone, InvalidInput, NotFound, PreconditionFailed
 from medflow.core.events import EventBus, FhirChanged
 from medflow.db.engine import write_session
+from medflow.fhir import custom_params
 from medflow.fhir import repository as repo
 from medflow.fhir.models import FhirHistory, FhirReference, FhirResource
 from medflow.fhir.validation import Issue, validate
 
+log = logging.getLogger(__name__)
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -73,6 +78,15 @@ def instant(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def version_of_etag(value: str, what: str = "If-Match") -> int:
+    """``W/"3"`` (or ``"3"``, ``3``) -> 3: the version an ``If-Match`` header or a Bundle
+    entry's ``request.ifMatch`` expects (R4 §3.1.0.4.1 version aware updates)."""
+    digits = value.strip().removeprefix("W/").strip('"')
+    if not re.fullmatch(r"[0-9]{1,18}", digits):
+        raise InvalidInput(f"{what} {value!r} is not a version ETag")
+    return int(digits)
+
+
 def check_resource(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
     """Validate structure; the type must match the URL's when one is given."""
     issues = [i for i in validate(resource) if i.severity == "error"]
@@ -100,6 +114,13 @@ class FhirService:
     def __init__(self, engine: Engine, events: EventBus | None = None) -> None:
         self.engine = engine
         self.events = events
+        self._param_changes: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
+        self._param_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+
+    def activate_search_parameters(self) -> int:
+        """Register the stored active SearchParameter resources (at start); returns how many."""
+        return custom_params.activate_stored(self.engine)
 
     # -- read -------------------------------------------------------------------------------
     def read(self, *, resource_type: str, res_id: str) -> dict[str, Any]:
@@ -143,11 +164,15 @@ class FhirService:
             )
         return [_version(r) for r in rows], total
 
-    def changes(self, *, after: int = 0, limit: int = 1000) -> list[Version]:
+    def changes(
+        self, *, after: int = 0, limit: int = 1000, types: Collection[str] | None = None
+    ) -> list[Version]:
         """Every write after the cursor ``after`` (a ``seq``), oldest first: durable consumers
-        (sync's report linking, the feedback loop) keep the last ``seq`` they processed."""
+        (sync's report linking, the feedback loop) keep the last ``seq`` they processed.
+        ``types``: only these types' contents are parsed (the others come with ``resource``
+        None, so the cursor still moves past them without the cost of reading them)."""
         with Session(self.engine) as s:
-            return [_version(r) for r in repo.changes_after(s, after, limit)]
+            return [_version(r, types) for r in repo.changes_after(s, after, limit)]
 
     # -- write ------------------------------------------------------------------------------
     def create(self, *, resource: Any, resource_type: str | None = None) -> Written:
@@ -161,23 +186,26 @@ class FhirService:
         return written
 
     def conditional_create(
-        self, *, resource: Any, if_none_exist: str, resource_type: str | None = None
+        self,
+        *,
+        resource: Any,
+        if_none_exist: str,
+        resource_type: str | None = None,
+        base_url: str | None = None,
     ) -> Written:
         """Create unless the ``If-None-Exist`` query matches (R4 §3.1.0.5.1): one match is
-        returned unchanged, several are a 412. Search and write share one transaction."""
-        from medflow.fhir.search import find_ids
-
+        returned unchanged, several are a 412. Search and write share one transaction.
+        ``base_url``: the FHIR base, under which absolute references are local (R4
+        §3.1.1.4.12); without it only relative references are."""
         body = check_resource(resource, resource_type)
         rtype = body["resourceType"]
         with write_session(self.engine) as s:
             repo.lock_feed(s)
-            found = find_ids(s, rtype, if_none_exist.lstrip("?"), limit=2)
-            if len(found) > 1:
-                raise PreconditionFailed(f"If-None-Exist matches several {rtype} resources")
-            if found:
-                existing = self.read_in(s, rtype, found[0])
+            match = self.match_in(s, rtype, if_none_exist.lstrip("?"), base_url=base_url)
+            if match is not None:
+                existing = self.read_in(s, rtype, match)
                 meta = existing.get("meta") or {}
-                return Written(existing, rtype, found[0], int(meta.get("versionId", 1)),
+                return Written(existing, rtype, match, int(meta.get("versionId", 1)),
                                datetime.fromisoformat(str(meta["lastUpdated"]).replace(
                                    "Z", "+00:00")), unchanged=True)  # fmt: skip
             written = self.write_in(s, rtype, new_id(), body, method="create")
@@ -185,38 +213,30 @@ class FhirService:
         self.notify()
         return written
 
-    def conditional_update(self, *, resource_type: str, query: str, resource: Any) -> Written:
+    def conditional_update(
+        self, *, resource_type: str, query: str, resource: Any, base_url: str | None = None
+    ) -> Written:
         """``PUT Type?query`` (R4 §3.1.0.4.3): no match creates, one match is updated,
-        several are a 412."""
-        from medflow.fhir.search import find_ids
-
+        several are a 412. ``base_url`` as for :meth:`conditional_create`."""
         body = check_resource(resource, resource_type)
         with write_session(self.engine) as s:
             repo.lock_feed(s)
-            found = find_ids(s, resource_type, query, limit=2)
-            if len(found) > 1:
-                raise PreconditionFailed(f"the query matches several {resource_type} resources")
-            if found and body.get("id") not in (None, found[0]):
-                raise InvalidInput(f"the body's id differs from the match {found[0]}")
-            res_id = found[0] if found else str(body.get("id") or new_id())
-            written = self.write_in(s, resource_type, res_id, body, method="update")
+            written = self.conditional_update_in(s, resource_type, query, body, base_url=base_url)
             s.commit()
         self.notify()
         return written
 
-    def conditional_delete(self, *, resource_type: str, query: str) -> int:
+    def conditional_delete(
+        self, *, resource_type: str, query: str, base_url: str | None = None
+    ) -> int:
         """``DELETE Type?query`` (R4 §3.1.0.7.1): deletes the single match; several are a 412.
-        Returns how many were deleted (0 or 1)."""
-        from medflow.fhir.search import find_ids
-
+        Returns how many were deleted (0 or 1). ``base_url`` as for
+        :meth:`conditional_create`."""
         with write_session(self.engine) as s:
-            found = find_ids(s, resource_type, query, limit=2)
-            if len(found) > 1:
-                raise PreconditionFailed(f"the query matches several {resource_type} resources")
-            deleted = [self.delete_in(s, resource_type, rid) for rid in found]
+            deleted = self.conditional_delete_in(s, resource_type, query, base_url=base_url)
             s.commit()
         self.notify()
-        return sum(1 for d in deleted if d is not None)
+        return int(deleted is not None)
 
     def update(
         self, *, resource_type: str, res_id: str, resource: Any, if_match: int | None = None
@@ -290,20 +310,27 @@ class FhirService:
         if_match: int | None = None,
     ) -> Written:
         """Write a version inside the caller's transaction. A body equal to the current
-        version (ignoring meta) writes nothing (no new version)."""
+        version (ignoring meta) writes nothing (no new version). ``method="create"`` is only
+        used with an id the server has just generated (:func:`new_id`): there is no current
+        row to read (the unique key would still refuse a duplicate)."""
         repo.lock_feed(session)
-        row = repo.current(session, resource_type, res_id, for_update=True)
+        row = (
+            None
+            if method == "create"
+            else repo.current(session, resource_type, res_id, for_update=True)
+        )
         live = row is not None and not row.deleted
         if if_match is not None and (not live or row is None or row.version_id != if_match):
             have = row.version_id if row is not None and live else "none"
             raise PreconditionFailed(f"If-Match version {if_match} but the current is {have}")
         if method == "create" and live:
             raise PreconditionFailed(f"{resource_type}/{res_id} exists")
-        if live and row is not None and row.content is not None:
-            old = json.loads(row.content)
-            if _same(old, body):
-                return Written(old, resource_type, res_id, row.version_id, row.last_updated,
-                               unchanged=True)  # fmt: skip
+        old = json.loads(row.content) if live and row is not None and row.content else None
+        if resource_type == "SearchParameter":
+            custom_params.check(body)
+        if old is not None and row is not None and _same(old, body):
+            return Written(old, resource_type, res_id, row.version_id, row.last_updated,
+                           unchanged=True)  # fmt: skip
         version = (row.version_id + 1) if row is not None else 1
         now = datetime.now(UTC)
         stored = dict(body)
@@ -327,7 +354,60 @@ class FhirService:
             now=now,
             index_rows=index_resource(stored),
         )
+        if resource_type == "SearchParameter":
+            self._on_commit(session, old, stored)
         return Written(stored, resource_type, res_id, version, now, created=not live)
+
+    def _on_commit(
+        self, session: Session, old: dict[str, Any] | None, new: dict[str, Any] | None
+    ) -> None:
+        """Queue a SearchParameter change for :meth:`notify` once the transaction commits (a
+        rolled-back transaction registers nothing)."""
+
+        def queue(_: Session) -> None:
+            with self._param_lock:
+                self._param_changes.append((old, new))
+
+        event.listen(session, "after_commit", queue, once=True)
+
+    def match_in(
+        self, session: Session, resource_type: str, query: str, *, base_url: str | None = None
+    ) -> str | None:
+        """The id of the single match of a conditional operation's query inside the caller's
+        transaction, None when nothing matches; several matches are a 412 (R4 §3.1.0.4.3,
+        §3.1.0.5.1, §3.1.0.7.1)."""
+        from medflow.fhir.search import find_ids
+
+        found = find_ids(session, resource_type, query, limit=2, base_url=base_url)
+        if len(found) > 1:
+            raise PreconditionFailed(
+                f"{resource_type}?{query} matches several {resource_type} resources"
+            )
+        return found[0] if found else None
+
+    def conditional_update_in(
+        self,
+        session: Session,
+        resource_type: str,
+        query: str,
+        body: dict[str, Any],
+        *,
+        base_url: str | None = None,
+    ) -> Written:
+        """``PUT Type?query`` inside the caller's transaction: the match is updated, no match
+        creates (with the body's id or a new one)."""
+        match = self.match_in(session, resource_type, query, base_url=base_url)
+        if match is not None and body.get("id") not in (None, match):
+            raise InvalidInput(f"the resource id differs from the match {match}")
+        res_id = match or str(body.get("id") or new_id())
+        return self.write_in(session, resource_type, res_id, body, method="update")
+
+    def conditional_delete_in(
+        self, session: Session, resource_type: str, query: str, *, base_url: str | None = None
+    ) -> Written | None:
+        """``DELETE Type?query`` inside the caller's transaction (None: nothing deleted)."""
+        match = self.match_in(session, resource_type, query, base_url=base_url)
+        return None if match is None else self.delete_in(session, resource_type, match)
 
     def read_in(self, session: Session, resource_type: str, res_id: str) -> dict[str, Any]:
         """The current version, inside the caller's transaction (sees its own writes)."""
@@ -354,10 +434,24 @@ class FhirService:
             method="delete",
             now=now,
         )
+        if resource_type == "SearchParameter" and row.content:
+            self._on_commit(session, json.loads(row.content), None)
         return Written(None, resource_type, res_id, row.version_id, now)
 
     def notify(self) -> None:
-        """Wake consumers early; they read ``changes()`` from their cursor either way."""
+        """After a committed write (every write path calls it, outside the write lock):
+        apply committed SearchParameter changes (register, reindex the bases), then wake
+        consumers early; they read ``changes()`` from their cursor either way."""
+        with self._apply_lock:  # in commit order, one thread at a time
+            with self._param_lock:
+                changes, self._param_changes = self._param_changes, []
+            for old, new in changes:
+                try:
+                    for rtype in custom_params.apply(old, new):
+                        count = custom_params.reindex(self.engine, rtype)
+                        log.info("reindexed %d %s resources for a search parameter", count, rtype)
+                except Exception:  # the write is committed; say so, keep going
+                    log.exception("a SearchParameter change could not be applied")
         if self.events is not None:
             self.events.publish(FhirChanged())
 
@@ -435,13 +529,14 @@ def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return _strip(old) == _strip(new) and old_meta == new_meta
 
 
-def _version(row: FhirHistory) -> Version:
+def _version(row: FhirHistory, types: Collection[str] | None = None) -> Version:
+    wanted = row.content is not None and (types is None or row.resource_type in types)
     return Version(
         row.resource_type,
         row.res_id,
         row.version_id,
         row.last_updated,
         row.method,
-        json.loads(row.content) if row.content is not None else None,
+        json.loads(row.content) if wanted and row.content is not None else None,
         row.seq,
     )

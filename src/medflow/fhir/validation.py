@@ -574,17 +574,24 @@ def validate_json_text(text: str | bytes) -> tuple[dict[str, Any] | None, list[I
     issues. Syntax errors are reported with their line and column; duplicate property names and
     NaN/Infinity are rejected too (FHIR R4 json.html).
     """
-    try:
-        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
-    except json.JSONDecodeError as exc:
-        diag = f"Invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        return None, [Issue("error", "structure", "Resource", diag)]
-    except UnicodeDecodeError as exc:
-        diag = f"Invalid JSON: not valid {exc.encoding} text at byte {exc.start}"
-        return None, [Issue("error", "structure", "Resource", diag)]
-    except RecursionError:
-        return None, [Issue("error", "structure", "Resource", "Invalid JSON: nested too deeply")]
-    except ValueError as exc:
-        return None, [Issue("error", "structure", "Resource", f"Invalid JSON: {exc}")]
+    data, issues = parse_json_text(text)
+    if issues:
+        return None, issues
     issues = validate(data)
     return (data if type(data) is dict else None), issues
+
+
+def parse_json_text(text: str | bytes) -> tuple[Any, list[Issue]]:
+    """Parse ``text`` as FHIR JSON without validating it as a resource (the caller does):
+    syntax errors with line and column, duplicate property names and NaN/Infinity rejected."""
+    try:
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant), []
+    except json.JSONDecodeError as exc:
+        diag = f"Invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except UnicodeDecodeError as exc:
+        diag = f"Invalid JSON: not valid {exc.encoding} text at byte {exc.start}"
+    except RecursionError:
+        diag = "Invalid JSON: nested too deeply"
+    except ValueError as exc:
+        diag = f"Invalid JSON: {exc}"
+    return None, [Issue("error", "structure", "Resource", diag)]

@@ -1,6 +1,7 @@
 """Bulk data $export (FHIR Bulk Data Access IG): kick-off needs Prefer: respond-async and
 answers 202 + Content-Location; the status endpoint answers 202 while running and then the
-manifest; files are ndjson; system, Patient and Group level, _type and _since."""
+manifest; files are ndjson; system, Patient and Group level, _type, _since and
+_typeFilter."""
 
 from __future__ import annotations
 
@@ -67,6 +68,20 @@ def test_export_levels_and_filters(client: TestClient) -> None:
     assert set(only) == {"Patient"}
     assert export(client, "/fhir/$export?_since=2999-01-01T00:00:00Z") == {}
 
+    # _typeFilter: a filtered type keeps the matches of any of its filters, others are whole;
+    # a comma inside a query (an OR of values) is not a separator
+    filtered = export(
+        client,
+        "/fhir/$export?_type=Patient,Observation"
+        "&_typeFilter=Observation?code:text=o0,o1,Observation?code:text=o2%26subject=Patient/"
+        + pids[2],
+    )
+    assert sorted(o["code"]["text"] for o in filtered["Observation"]) == ["o0", "o1", "o2"]
+    assert len(filtered["Patient"]) == 3
+    one = export(client, "/fhir/Patient/$export?_typeFilter=Observation?code:text=o1")
+    assert [o["code"]["text"] for o in one["Observation"]] == ["o1"]
+    assert len(one["Patient"]) == 3 and "Group" in one
+
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_export_errors(client: TestClient) -> None:
@@ -74,6 +89,11 @@ def test_export_errors(client: TestClient) -> None:
     assert client.get("/fhir/$export?_type=Nope", headers=ASYNC).status_code == 400
     assert client.get("/fhir/$export?_outputFormat=csv", headers=ASYNC).status_code == 501
     assert client.get("/fhir/Group/none/$export", headers=ASYNC).status_code == 404
+    for bad in ("Observation", "Observation?nope=1", "Nope?x=1"):
+        r = client.get(f"/fhir/$export?_typeFilter={bad}", headers=ASYNC)
+        assert r.status_code == 400, (bad, r.text)
+    r = client.get("/fhir/$export?_type=Patient&_typeFilter=Observation?code=x", headers=ASYNC)
+    assert r.status_code == 400 and "not in _type" in r.text
     assert client.get("/fhir/$export-status/nope").status_code == 404
     r = client.get("/fhir/$export", headers=ASYNC)
     job = r.headers["Content-Location"].rsplit("/", 1)[1]

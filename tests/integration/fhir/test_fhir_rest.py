@@ -149,6 +149,9 @@ def test_changes_cursor(client: TestClient, container: Any) -> None:
     changes = container.fhir.changes(after=0)
     assert [(c.method, c.version_id) for c in changes] == [("create", 1), ("delete", 2)]
     assert container.fhir.changes(after=changes[-1].seq) == []
+    only = container.fhir.changes(after=0, types=("Observation",))
+    assert [c.seq for c in only] == [c.seq for c in changes]  # the cursor passes every write
+    assert all(c.resource is None for c in only)  # contents of other types are not read
 
 
 def test_transaction_is_atomic_and_resolves_urn_uuid(client: TestClient) -> None:
@@ -286,3 +289,190 @@ def test_search_and_conditional_operations(client: TestClient) -> None:
     assert gone.status_code == 204
     after = client.get("/fhir/Patient", params={"identifier": "urn:medflow:mrn|S-0"}).json()
     assert after["total"] == 0
+
+
+def _entry(resource: dict[str, Any] | None, method: str, url: str, **request: str) -> Any:
+    item: dict[str, Any] = {"request": {"method": method, "url": url, **request}}
+    if resource is not None:
+        item["resource"] = resource
+    return item
+
+
+def test_transaction_conditional_create_and_references(client: TestClient) -> None:
+    """ifNoneExist, conditional references (to the Bundle's own conditional create and to
+    stored resources), conditional PUT/DELETE and GET searches inside a transaction (R4
+    §3.1.0.11.2); the same Bundle posted twice creates the patient once."""
+    mrn = "urn:medflow:mrn|TX-7"
+    ident = [{"system": "urn:medflow:mrn", "value": "TX-7"}]
+
+    def bundle() -> dict[str, Any]:
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+               "subject": {"reference": f"Patient?identifier={mrn}"}}  # fmt: skip
+        return {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                _entry(obs, "POST", "Observation"),  # refers to a later entry by identifier
+                _entry(
+                    patient(identifier=ident), "POST", "Patient", ifNoneExist=f"identifier={mrn}"
+                ),
+                _entry(None, "GET", f"Patient?identifier={mrn}"),
+            ],
+        }
+
+    first = client.post("/fhir", json=bundle(), headers=JSON)
+    assert first.status_code == 200, first.text
+    entries = first.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "201 Created", "200 OK"]
+    pid = entries[1]["resource"]["id"]
+    assert entries[0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    assert entries[2]["resource"]["type"] == "searchset"
+    assert entries[2]["resource"]["total"] == 1  # the search sees the transaction's own write
+
+    second = client.post("/fhir", json=bundle(), headers=JSON).json()["entry"]
+    assert second[1]["response"]["status"] == "200 OK" and second[1]["resource"]["id"] == pid
+    assert second[0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    found = client.get("/fhir/Patient", params={"identifier": mrn}).json()
+    assert found["total"] == 1
+    obs = client.get("/fhir/Observation", params={"subject": f"Patient/{pid}"}).json()
+    assert obs["total"] == 2
+
+    update = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            _entry(patient(identifier=ident, gender="other"), "PUT", f"Patient?identifier={mrn}"),
+            _entry(None, "DELETE", "Observation?code:text=weight"),
+        ],
+    }
+    r = client.post("/fhir", json=update, headers=JSON)
+    assert r.status_code == 412, r.text  # two Observations match the conditional delete
+    assert "entry[1]" in r.text
+    assert client.get(f"/fhir/Patient/{pid}").json()["gender"] == "female"  # nothing written
+    update["entry"][1] = _entry(None, "DELETE", f"Observation?_id={entries[0]['resource']['id']}")
+    r = client.post("/fhir", json=update, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["200 OK", "204 No Content"]
+    assert client.get(f"/fhir/Patient/{pid}").json()["gender"] == "other"
+
+
+def test_transaction_unresolvable_conditional_reference_writes_nothing(client: TestClient) -> None:
+    before = client.get("/fhir/_history").json()["total"]
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient?identifier=urn:medflow:mrn|NOBODY"}}  # fmt: skip
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [_entry(patient(), "POST", "Patient"), _entry(obs, "POST", "Observation")],
+    }
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert r.status_code == 412, r.text
+    assert "entry[1]" in r.text and "matches no Patient" in r.text
+    assert client.get("/fhir/_history").json()["total"] == before
+    bundle["type"] = "batch"
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "412"]
+
+
+def test_batch_invalid_entry_fails_alone(client: TestClient) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            _entry(patient(birthDate="not-a-date"), "POST", "Patient"),
+            _entry(patient(), "POST", "Patient"),
+        ],
+    }
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["400", "201 Created"]
+    assert "birthDate" in str(entries[0]["response"]["outcome"])
+
+
+def test_transaction_of_mixed_index_rows_is_searchable(client: TestClient) -> None:
+    """Index rows are written per table once per transaction: rows of different shapes (a
+    composite over a Quantity and one over a string) go in one statement."""
+    loinc = "http://loinc.org"
+    hr = {"resourceType": "Observation", "status": "final",
+          "code": {"coding": [{"system": loinc, "code": "8867-4"}]},
+          "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org",
+                            "code": "/min"}}  # fmt: skip
+    note = {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": loinc, "code": "8251-1"}]},
+            "valueString": "well"}  # fmt: skip
+    bare = {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": loinc, "code": "8867-4"}]},
+            "valueQuantity": {"value": 90}}  # fmt: skip
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [_entry(r, "POST", "Observation") for r in (hr, note, bare)]}  # fmt: skip
+    r = client.post("/fhir", json=bundle, headers=JSON)
+    assert r.status_code == 200, r.text
+    q = client.get("/fhir/Observation", params={"code-value-quantity": f"{loinc}|8867-4$gt70"})
+    assert q.json()["total"] == 2
+    s = client.get("/fhir/Observation", params={"code-value-string": f"{loinc}|8251-1$well"})
+    assert s.json()["total"] == 1
+
+
+def test_total_is_counted_on_request_or_when_the_page_shows_the_end(client: TestClient) -> None:
+    for i in range(5):
+        body = patient(identifier=[{"system": "urn:medflow:mrn", "value": f"TOT-{i}"}])
+        client.post("/fhir/Patient", json=body, headers=JSON)
+    page = client.get("/fhir/Patient", params={"_count": 2}).json()
+    assert "total" not in page and len(page["entry"]) == 2  # a next page: not counted
+    accurate = client.get("/fhir/Patient", params={"_count": 2, "_total": "accurate"}).json()
+    assert accurate["total"] == 5
+    assert any(link["relation"] == "last" for link in accurate["link"])
+    last = client.get("/fhir/Patient", params={"_count": 2, "_offset": 4}).json()
+    assert last["total"] == 5  # the page shows the end: exact for free
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 5
+
+
+def test_bundle_edge_cases(client: TestClient) -> None:
+    """Entries without a resource, conditional urls without criteria, a DELETE before a
+    conditional create of the same identifier, a repeated ifNoneExist, and a batch whose
+    entries fail alone (R4 §3.1.0.11)."""
+
+    def tx(*entries: Any, kind: str = "transaction") -> Any:
+        return client.post("/fhir", json={"resourceType": "Bundle", "type": kind,
+                                          "entry": list(entries)}, headers=JSON)  # fmt: skip
+
+    assert tx({"request": {"method": "POST", "url": "Patient"}}).status_code == 400
+    assert tx(_entry(None, "DELETE", "Patient?")).status_code == 400
+    assert tx(_entry(patient(), "PUT", "Patient?_count=1")).status_code == 400
+    ident = [{"system": "urn:medflow:mrn", "value": "EDGE-1"}]
+    mrn = "identifier=urn:medflow:mrn|EDGE-1"
+    old = client.post("/fhir/Patient", json=patient(identifier=ident), headers=JSON).json()["id"]
+    r = tx(_entry(patient(identifier=ident), "POST", "Patient", ifNoneExist=mrn),
+           _entry(None, "DELETE", f"Patient?{mrn}"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    created = r.json()["entry"][0]
+    assert created["response"]["status"] == "201 Created" and created["resource"]["id"] != old
+    two = tx(*[_entry(patient(identifier=[{"system": "urn:medflow:mrn", "value": "EDGE-2"}]),
+                      "POST", "Patient", ifNoneExist="identifier=urn:medflow:mrn|EDGE-2")
+               for _ in range(2)])  # fmt: skip
+    assert two.status_code == 200, two.text
+    assert len({e["resource"]["id"] for e in two.json()["entry"]}) == 1
+    found = client.get("/fhir/Patient", params={"identifier": "urn:medflow:mrn|EDGE-2"}).json()
+    assert found["total"] == 1
+    batch = tx({"request": {"method": "POST", "url": "Nope"}, "resource": patient()},
+               {"request": {"method": "POST", "url": "Patient"}},
+               _entry(patient(), "POST", "Patient"), kind="batch")  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    assert [e["response"]["status"] for e in batch.json()["entry"]] == ["400", "400", "201 Created"]
+
+
+def test_transaction_if_match(client: TestClient) -> None:
+    pid = client.post("/fhir/Patient", json=patient(), headers=JSON).json()["id"]
+    body = patient(id=pid, gender="other")
+
+    def put(tag: str) -> Any:
+        entry = _entry(body, "PUT", f"Patient/{pid}", ifMatch=tag)
+        return client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction",
+                                          "entry": [entry]}, headers=JSON)  # fmt: skip
+
+    assert put('W/"2"').status_code == 412  # the current version is 1
+    assert put("nonsense").status_code == 400
+    ok = put('W/"1"')
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["entry"][0]["response"]["etag"] == 'W/"2"'

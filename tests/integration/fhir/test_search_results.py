@@ -22,6 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 def run(world: World, resource_type: str | None, query: Any, **kw: Any) -> dict[str, Any]:
+    """A search that counts its total unless told otherwise (the server's default is none)."""
+    kw.setdefault("default_total", "accurate")
     return search_bundle(world.engine, resource_type, query, base_url=BASE, **kw)
 
 
@@ -193,6 +195,8 @@ def test_total_estimate_and_default(world: World) -> None:
         assert bundle["total"] == 4
     assert run(world, "Patient", "_total=estimate")["total"] == 4  # one page: exact
     assert "total" not in run(world, "Patient", "_count=1", default_total="none")
+    default = search_bundle(world.engine, "Patient", "_count=1", base_url=BASE)
+    assert "total" not in default  # the server's default: no count
     assert run(world, "Patient", "_count=1&_total=accurate", default_total="none")["total"] == 4
 
 
@@ -232,8 +236,9 @@ def test_summary(world: World) -> None:
 def test_parse_and_run(world: World) -> None:
     plan = parse_query("Patient", [("family", "smi"), ("_count", "1"), ("foo", "1")])
     assert plan.count == 1 and plan.used == (("family", "smi"),) and len(plan.warnings) == 1
-    page = run_search(world.engine, plan)
+    page = run_search(world.engine, plan, default_total="accurate")
     assert [m.res_id for m in page.matches] == ["p1"] and page.has_next and page.total == 2
+    assert run_search(world.engine, plan).total is None  # the default counts nothing
 
 
 def test_find_ids(world: World) -> None:

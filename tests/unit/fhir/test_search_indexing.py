@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -285,10 +286,11 @@ def test_observation_value_concept_and_string() -> None:
         ),
         (
             {"onsetRange": {"low": {"value": 40, "code": "a"}, "high": {"value": 50, "code": "a"}}},
-            [
-                QuantityRow("onset-age", Decimal(40), None, "a", None),
-                QuantityRow("onset-age", Decimal(50), None, "a", None),
-            ],
+            [QuantityRow("onset-age", Decimal(40), None, "a", None, 50.0)],  # one interval
+        ),
+        (
+            {"onsetRange": {"high": {"value": 50, "code": "a"}}},  # open below
+            [QuantityRow("onset-age", Decimal("-Infinity"), None, "a", None, 50.0)],
         ),
         (
             {"onsetString": "in childhood"},
@@ -414,9 +416,10 @@ def test_money_range_and_numbers() -> None:
     }
     assert _rows(risk, "probability") == [
         NumberRow("probability", Decimal("0.25")),
-        NumberRow("probability", Decimal("0.1")),
-        NumberRow("probability", Decimal("0.4")),
+        NumberRow("probability", Decimal("0.1"), 0.4),  # a Range: one row, both bounds
     ]
+    risk["prediction"] = [{"probabilityRange": {"low": {"value": 0.5}}}]
+    assert _rows(risk, "probability") == [NumberRow("probability", Decimal("0.5"), math.inf)]
 
 
 def test_decimal_precision_is_kept_when_parsed_as_decimal() -> None:
@@ -448,9 +451,8 @@ def test_uri_canonical_and_use_context() -> None:
         "context-type", "http://terminology.hl7.org/CodeSystem/usage-context-type", "age", None
     )
     assert _rows(vs, "url", "context-quantity", "context-type-quantity") == [
-        QuantityRow("context-quantity", Decimal(18), None, "a", None),
-        QuantityRow("context-quantity", Decimal(65), None, "a", None),
-        CompositeRow(
+        QuantityRow("context-quantity", Decimal(18), None, "a", None, 65.0),
+        CompositeRow(  # a composite slot holds one number: a Range's bounds, each a value
             "context-type-quantity",
             (age, QuantityRow("context-quantity", Decimal(18), None, "a", None)),
         ),

@@ -333,11 +333,14 @@ def start_medflow(
     timeout: float = 120,
     keep: bool = False,
     dimse: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start ``medflow serve`` on a free loopback port; wait for /healthz.
 
     DIMSE is off unless ``dimse``: then the SCP listens on a free port (``Server.dimse_port``,
-    AE ``MEDFLOW``) and the benchmark waits until it answers a C-ECHO.
+    AE ``MEDFLOW``) and the benchmark waits until it answers a C-ECHO. The caller's
+    ``MEDFLOW_*`` variables are not passed on; ``env`` adds variables of its own (e.g.
+    ``MEDFLOW_DATABASE_URL``).
     """
     cmd = medflow_command()
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
@@ -356,8 +359,8 @@ def start_medflow(
         "--host", "127.0.0.1", "--port", str(port), "--dimse-port", str(dimse_port),
         "--log-level", "warning", "--workers", os.environ.get("MEDFLOW_BENCH_WORKERS", "1"),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_")}
-    server.proc = _spawn(argv, log_path, env=env)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_")}
+    server.proc = _spawn(argv, log_path, env={**child_env, **(env or {})})
     _wait_ready(server, f"{base}/healthz", timeout)
     if dimse_port:
         _wait_dimse(server, timeout)

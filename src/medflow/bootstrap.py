@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -9,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.engine import Engine
 
 from medflow import __version__
-from medflow.core.events import EventBus
+from medflow.core.events import EventBus, FhirChanged, InstancesChanged
 from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
 from medflow.dicomweb.router import build_router
@@ -20,6 +22,7 @@ from medflow.fhir.service import FhirService
 from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
+from medflow.sync.worker import LINKED_TYPES, EmbeddedFhir, SyncWorker, start_in_thread
 
 
 @dataclass
@@ -32,8 +35,14 @@ class Container:
     aes: AeDirectory
     fhir: FhirService
     export: ExportService
+    sync: SyncWorker | None = None
+    _sync_stop: threading.Event | None = None
 
     def close(self) -> None:
+        if self._sync_stop is not None:
+            self._sync_stop.set()
+            if self.sync is not None:
+                self.sync.wake()  # out of its poll wait now
         self.engine.dispose()
 
 
@@ -54,6 +63,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         events=events,
     )
     fhir = FhirService(engine, events)
+    fhir.activate_search_parameters()  # custom SearchParameter resources stored earlier
     export = ExportService(engine, fhir, (settings.data_dir / "exports").resolve())
     return Container(
         settings=settings,
@@ -92,6 +102,13 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_router())
     app.include_router(build_fhir_router())
 
+    @app.get("/sync/status", tags=["Operations"])
+    def sync_status() -> dict[str, object]:
+        """The DICOM -> FHIR sync: cursor, backlog, dead letters, lag (seconds)."""
+        if container.sync is None:
+            return {"running": False}
+        return {"running": True, **dataclasses.asdict(container.sync.status())}
+
     @app.get("/healthz", tags=["Operations"])
     def healthz() -> dict[str, str]:
         with container.engine.connect() as conn:
@@ -115,3 +132,35 @@ def start_dimse(container: Container, *, host: str) -> DimseServer | None:
     server = DimseServer(container.store, container.settings.dimse, host, container.aes)
     server.start()
     return server
+
+
+def sync_worker(container: Container, *, dicomweb_url: str | None = None) -> SyncWorker:
+    """The DICOM -> FHIR sync worker over this container's archive and embedded FHIR store;
+    ``dicomweb_url`` defaults to the public URL (or the HTTP address) + ``/dicomweb``."""
+    settings = container.settings
+    if dicomweb_url is None:
+        base = settings.public_url or f"http://{settings.http.host}:{settings.http.port}"
+        dicomweb_url = f"{base.rstrip('/')}/dicomweb"
+    return SyncWorker(
+        engine=container.engine,
+        store=container.store,
+        target=EmbeddedFhir(container.fhir),
+        settings=settings.sync,
+        dicomweb_url=dicomweb_url,
+        fhir_changes=lambda after, limit: container.fhir.changes(
+            after=after, limit=limit, types=LINKED_TYPES
+        ),
+    )
+
+
+def start_sync(container: Container, *, dicomweb_url: str | None = None) -> SyncWorker | None:
+    """Run the sync worker in a thread of this process (None when
+    ``MEDFLOW_SYNC__ENABLED=false``); archive and FHIR writes wake it at once."""
+    if not container.settings.sync.enabled:
+        return None
+    worker = sync_worker(container, dicomweb_url=dicomweb_url)
+    container.events.subscribe(InstancesChanged, worker.wake)
+    container.events.subscribe(FhirChanged, worker.wake)
+    _, stop = start_in_thread(worker)
+    container.sync, container._sync_stop = worker, stop
+    return worker

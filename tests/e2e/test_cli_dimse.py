@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -21,7 +19,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # t
 from medflow.bootstrap import build
 from medflow.core.settings import Settings
 from tests.conftest import free_port
-from tests.e2e.test_cli import MEDFLOW, env, medflow
+from tests.e2e.test_cli import MEDFLOW, env, medflow, serving
 from tests.factories import make_instance, store_datasets
 
 pytestmark = pytest.mark.e2e
@@ -90,23 +88,8 @@ def c_move(port: int, study: str, destination: str) -> Dataset:
 def test_aet_changes_reach_a_running_server(tmp_path: Path, sink: Sink) -> None:
     data = tmp_path / "data"
     study, uids = seed(data, "CLI-1", 3)
-    http, dimse = free_port(), free_port()
-    proc = subprocess.Popen(
-        [str(MEDFLOW), "serve", "--data-dir", str(data), "--port", str(http),
-         "--dimse-port", str(dimse)],
-        env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
-
+    dimse = free_port()
+    with serving(data, dimse_port=dimse):
         assert c_move(dimse, study, "DEST").Status == 0xA801  # not known yet
         added = medflow("aet", "add", "DEST", "127.0.0.1", str(sink.port), "--data-dir", data)
         assert added.returncode == 0, added.stdout + added.stderr
@@ -120,9 +103,6 @@ def test_aet_changes_reach_a_running_server(tmp_path: Path, sink: Sink) -> None:
         assert c_move(dimse, study, "DEST").Status == 0xA801
         again = medflow("aet", "remove", "DEST", "--data-dir", data)
         assert again.returncode == 2 and "no remote AE" in again.stdout
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def test_remote_aes_seeded_from_settings(tmp_path: Path) -> None:

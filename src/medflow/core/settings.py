@@ -58,6 +58,21 @@ class StoreSettings(BaseModel):
     """Binary values larger than this (bytes) are returned as BulkDataURI in metadata."""
 
 
+class SyncSettings(BaseModel):
+    """DICOM -> FHIR sync ("DICOMcast", ``medflow.sync``)."""
+
+    enabled: bool = True
+    """Run the sync worker inside ``medflow serve`` (against the embedded FHIR store)."""
+    patient_system: str = "urn:medflow:mrn"
+    """Patient.identifier system whose value is the DICOM PatientID."""
+    use_issuer: bool = False
+    """Use IssuerOfPatientID (0010,0021), when present, as the identifier system instead."""
+    batch: int = 500
+    """Change feed entries read at a time (the studies among them are synced once each)."""
+    poll_seconds: float = 1.0
+    """How often the worker looks at the change feed when no event wakes it."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDFLOW_", env_nested_delimiter="__", extra="ignore"
@@ -72,6 +87,7 @@ class Settings(BaseSettings):
     dimse: DimseSettings = Field(default_factory=DimseSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy.engine import Engine
 
 import medflow.fhir.models
-import medflow.store.models  # noqa: F401  (registers every context's tables)
+import medflow.store.models
+import medflow.sync.models  # noqa: F401  (registers every context's tables)
 from medflow.db.base import Base, include_object_for
 
 engine: Engine = context.config.attributes["engine"]

@@ -1,0 +1,1 @@
+"""DICOM -> FHIR sync ("DICOMcast"): the mapping and the worker that applies it."""

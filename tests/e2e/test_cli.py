@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,36 @@ def medflow(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProc
         timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def serving(
+    data_dir: Path, *, dimse_port: int = 0, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``medflow serve`` as a real process on a free port until the block ends; yields its
+    base URL once ``/healthz`` answers (60 s at most)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(MEDFLOW), "serve", "--data-dir", str(data_dir), "--port", str(port),
+         "--dimse-port", str(dimse_port)],
+        env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def counts(data_dir: Path) -> dict[str, int]:

@@ -12,9 +12,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from medflow.cli.common import export_settings, load_settings
+from medflow.cli.demo import demo_app
 from medflow.cli.dimse import aet_app, send
 from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
+from medflow.cli.sync import sync_app
 from medflow.core.logging import configure
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app = typer.Typer(
 console = Console()
 app.add_typer(aet_app, name="aet")
 app.add_typer(fhir_app, name="fhir")
+app.add_typer(sync_app, name="sync")
+app.add_typer(demo_app, name="demo")
 app.command()(send)
 
 DataDir = Annotated[
@@ -49,7 +53,7 @@ def serve(
     """Run medflow: DICOMweb at /dicomweb, health at /healthz."""
     import uvicorn
 
-    from medflow.bootstrap import build, create_app, start_dimse
+    from medflow.bootstrap import build, create_app, start_dimse, start_sync
 
     configure(log_level)
     settings = load_settings(data_dir)
@@ -60,6 +64,7 @@ def serve(
     settings = settings.model_copy(update={"http": http, "dimse": dimse})
     container = build(settings)
     dimse_server = start_dimse(container, host=http.host)
+    start_sync(container)
     console.print(
         f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
         + (f", DIMSE {dimse.ae_title}@{http.host}:{dimse.port}" if dimse_server else "")

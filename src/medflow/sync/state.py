@@ -16,6 +16,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from medflow.db.engine import write_session
 from medflow.sync.models import SyncCursor, SyncFailure
 
 
@@ -53,7 +54,7 @@ class DbState:
             return int(row.seq) if row is not None else 0
 
     def set_cursor(self, name: str, seq: int, now: datetime) -> None:
-        with Session(self.engine) as s, s.begin():
+        with write_session(self.engine) as s, s.begin():
             row = s.get(SyncCursor, name)
             if row is None:
                 s.add(SyncCursor(name=name, seq=seq, updated_at=now))
@@ -61,7 +62,7 @@ class DbState:
                 row.seq, row.updated_at = seq, now
 
     def dead_letter(self, study_uid: str, seq: int, reason: str, now: datetime) -> None:
-        with Session(self.engine) as s, s.begin():
+        with write_session(self.engine) as s, s.begin():
             row = s.scalars(self._open(study_uid)).first()
             if row is None:
                 s.add(SyncFailure(study_uid=study_uid, seq=seq, reason=reason, attempts=1,
@@ -71,7 +72,7 @@ class DbState:
                 row.attempts += 1
 
     def resolve(self, study_uid: str) -> None:
-        with Session(self.engine) as s, s.begin():
+        with write_session(self.engine) as s, s.begin():
             for row in s.scalars(self._open(study_uid)):
                 row.resolved = True
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -43,7 +44,7 @@ METADATA_ONLY_SIZE = 8
 _REFERRING = ("Welby^Marcus", "Quinn^Michaela", "Kildare^James", "Grey^Meredith", "House^Gregory")
 _MAX = 4095.0  # 12 bits stored
 
-Array = NDArray[np.float64]
+Array = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -339,18 +340,18 @@ def _pixels(
 
 def _grid(n: int) -> tuple[Array, Array]:
     """Coordinates in [-1, 1]: x grows to the right (columns), y downwards (rows)."""
-    axis = (np.arange(n, dtype=np.float64) + 0.5) / n * 2 - 1
+    axis = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
     return axis[None, :].repeat(n, 0), axis[:, None].repeat(n, 1)
 
 
 def _soft(z: Array | float, width: float) -> Array:
     """A smooth step: 0 for z << 0, 1 for z >> 0."""
-    return np.asarray(0.5 * (1 + np.tanh(np.asarray(z) / max(width, 1e-6))), dtype=np.float64)
+    return np.asarray(0.5 * (1 + np.tanh(np.asarray(z) / max(width, 1e-6))), dtype=np.float32)
 
 
 def _ellipse(x: Array, y: Array, cx: float, cy: float, ax: float, ay: float) -> Array:
     """1 - normalized elliptical radius: > 0 inside."""
-    return np.asarray(1 - np.hypot((x - cx) / ax, (y - cy) / ay), dtype=np.float64)
+    return np.asarray(1 - np.hypot((x - cx) / ax, (y - cy) / ay), dtype=np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, scale: float) -> Array:
@@ -362,7 +363,7 @@ def _smooth_noise(rng: np.random.Generator, n: int, scale: float) -> Array:
     fx = np.fft.rfftfreq(n)[None, :]
     kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2))
     out = np.fft.irfft2(np.fft.rfft2(white) * kernel, s=(n, n))
-    return np.asarray(out / (out.std() + 1e-12), dtype=np.float64)
+    return np.asarray(out / (out.std() + 1e-12), dtype=np.float32)
 
 
 def _blob(
@@ -385,7 +386,7 @@ def _blob(
 def _texture(mask: Array, rng: np.random.Generator, n: int, *, heterogeneous: bool) -> Array:
     if not heterogeneous:
         return mask
-    return np.asarray(mask * (1 + 0.45 * _smooth_noise(rng, n, 0.015)), dtype=np.float64)
+    return np.asarray(mask * (1 + 0.45 * _smooth_noise(rng, n, 0.015)), dtype=np.float32)
 
 
 def _expose(
@@ -396,7 +397,7 @@ def _expose(
     scaled = scaled ** img.uniform(1 - gamma, 1 + gamma) * _MAX
     out = scaled * img.uniform(1 - gain, 1 + gain) + img.normal(0, offset)
     noise = img.standard_normal(out.shape) * (np.sqrt(np.clip(out, 1, None)) * 0.9 + 12)
-    return np.asarray(out + noise, dtype=np.float64)
+    return np.asarray(out + noise, dtype=np.float32)
 
 
 # Chest X-ray ---------------------------------------------------------------------------------
@@ -480,22 +481,50 @@ def _slab(case: np.random.Generator, count: int) -> tuple[float, float]:
     return case.uniform(0.3, 0.7) * (count - 1), case.uniform(1.5, 4.0)
 
 
+_ANATOMY: dict[tuple[object, ...], tuple[tuple[Array, ...], dict[str, Any]]] = {}
+
+
+def _anatomy(
+    case: np.random.Generator, key: str, n: int,
+    build: Callable[[np.random.Generator, Array, Array], tuple[Array, ...]],
+) -> tuple[Array, ...]:  # fmt: skip
+    """The slice-independent arrays of a study's anatomy, built once per study: every slice
+    seeds ``case`` alike, so the arrays and the generator's state after them are the same for
+    each; a cache hit returns the arrays and moves ``case`` to that state (bytes unchanged)."""
+    start = case.bit_generator.state["state"]
+    cache_key = (key, n, start["state"], start["inc"])
+    hit = _ANATOMY.get(cache_key)
+    if hit is not None:
+        case.bit_generator.state = hit[1]
+        return hit[0]
+    arrays = build(case, *_grid(n))
+    if len(_ANATOMY) >= 8:
+        _ANATOMY.pop(next(iter(_ANATOMY)))
+    _ANATOMY[cache_key] = (arrays, case.bit_generator.state)
+    return arrays
+
+
+def _chest_ct(case: np.random.Generator, x: Array, y: Array) -> tuple[Array, ...]:
+    body = _ellipse(x, y, 0, 0.05, case.uniform(0.8, 0.9), case.uniform(0.55, 0.65))
+    hu = -1000 + 1040 * _soft(body, 0.01) - 140 * _soft(body, 0.01) * _soft(0.08 - body, 0.01)
+    vessels = np.clip(_smooth_noise(case, x.shape[0], 0.01), 1.5, None) - 1.5
+    spine = _soft(_ellipse(x, y, 0, 0.45, 0.1, 0.1), 0.02)
+    return hu, vessels, spine
+
+
 def _ct_slice(
     case: np.random.Generator, img: np.random.Generator, finding: str,
     series: int, instance: int, count: int, n: int,
 ) -> Array:  # fmt: skip
     x, y = _grid(n)
     z = (instance - 1) / max(count - 1, 1)  # 0 apex .. 1 base
-    body = _ellipse(x, y, 0, 0.05, case.uniform(0.8, 0.9), case.uniform(0.55, 0.65))
-    hu = -1000 + 1040 * _soft(body, 0.01) - 140 * _soft(body, 0.01) * _soft(0.08 - body, 0.01)
+    hu, vessels, spine = _anatomy(case, "ct", n, _chest_ct)
     lung_scale = 0.6 + 0.4 * np.sin(np.pi * (0.2 + 0.7 * z))
     lungs = np.zeros_like(x)
     for side in (-1, 1):
         lungs += _soft(_ellipse(x, y, side * 0.38, 0.0, 0.3 * lung_scale, 0.42 * lung_scale), 0.02)
     lungs = np.clip(lungs, 0, 1)
-    vessels = np.clip(_smooth_noise(case, n, 0.01), 1.5, None) - 1.5
-    hu += lungs * (-(hu + 860) + 300 * vessels)
-    spine = _soft(_ellipse(x, y, 0, 0.45, 0.1, 0.1), 0.02)
+    hu = hu + lungs * (-(hu + 860) + 300 * vessels)
     hu += spine * 700
     center, half = _slab(case, count)
     contrast = case.uniform(700, 900)
@@ -507,19 +536,24 @@ def _ct_slice(
     return hu + 1024 + img.normal(0, sigma, hu.shape)
 
 
+def _knee_anatomy(case: np.random.Generator, x: Array, y: Array) -> tuple[Array, ...]:
+    limb = _soft(_ellipse(x, y, 0, 0, case.uniform(0.7, 0.85), case.uniform(0.65, 0.8)), 0.02)
+    muscle = _soft(_ellipse(x, y, 0, 0, 0.62, 0.58), 0.03)
+    bone = _soft(_ellipse(x, y, case.normal(0, 0.03), 0.05, 0.35, 0.3), 0.01)
+    marrow = _soft(_ellipse(x, y, 0, 0.05, 0.3, 0.25), 0.01)
+    return limb, muscle, bone, marrow, limb * 60 * _smooth_noise(case, x.shape[0], 0.02)
+
+
 def _knee(
     case: np.random.Generator, img: np.random.Generator, finding: str,
     series: int, instance: int, count: int, n: int,
 ) -> Array:  # fmt: skip
     x, y = _grid(n)
     t2 = series == 2
-    limb = _soft(_ellipse(x, y, 0, 0, case.uniform(0.7, 0.85), case.uniform(0.65, 0.8)), 0.02)
-    muscle = _soft(_ellipse(x, y, 0, 0, 0.62, 0.58), 0.03)
-    bone = _soft(_ellipse(x, y, case.normal(0, 0.03), 0.05, 0.35, 0.3), 0.01)
-    marrow = _soft(_ellipse(x, y, 0, 0.05, 0.3, 0.25), 0.01)
+    limb, muscle, bone, marrow, texture = _anatomy(case, "knee", n, _knee_anatomy)
     fat, mus, mar = (1800, 900, 1900) if not t2 else (1500, 600, 700)
     image = limb * fat + muscle * (mus - fat) + bone * (100 - mus) + marrow * (mar - 100)
-    image += limb * 60 * _smooth_noise(case, n, 0.02)
+    image += texture
     center, half = _slab(case, count)
     contrast = case.uniform(0.6, 1.0)
     lesion = _lesion_3d(case, finding, x, y, (case.uniform(-0.12, 0.12), case.uniform(-0.05, 0.15)),

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray

@@ -44,7 +44,7 @@ METADATA_ONLY_SIZE = 8
 _REFERRING = ("Welby^Marcus", "Quinn^Michaela", "Kildare^James", "Grey^Meredith", "House^Gregory")
 _MAX = 4095.0  # 12 bits stored
 
-Array = NDArray[np.float32]
+Array = NDArray[np.floating[Any]]
 
 
 @dataclass(frozen=True)
@@ -448,7 +448,8 @@ def _chest_finding(
                              0.27 - depth * 0.5, 0.56 - depth)  # fmt: skip
         beyond = mask * _soft(-collapsed, 0.01) * _soft(0.2 - y, 0.1)
         line = mask * np.exp(-((collapsed / 0.012) ** 2)) * _soft(0.2 - y, 0.1)
-        return beyond * (-case.uniform(300, 600) - markings) + case.uniform(80, 200) * line
+        out: Array = beyond * (-case.uniform(300, 600) - markings) + case.uniform(80, 200) * line
+        return out
     if finding == "consolidation":
         center = (cx + case.uniform(-0.1, 0.1), case.uniform(0.0, 0.35))
         region = _ellipse(x, y, *center, case.uniform(0.15, 0.3), case.uniform(0.15, 0.35))
@@ -500,7 +501,7 @@ def _anatomy(
     arrays = build(case, *_grid(n))
     if len(_ANATOMY) >= 8:
         _ANATOMY.pop(next(iter(_ANATOMY)))
-    _ANATOMY[cache_key] = (arrays, case.bit_generator.state)
+    _ANATOMY[cache_key] = (arrays, dict(case.bit_generator.state))
     return arrays
 
 

@@ -4,6 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./medflow-data
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+DIMSE_PORT    ?= 11112
+DEMO_PATIENTS ?= 200
 
 .PHONY: run test lint check system-deps-run system-deps-test clean
 
@@ -21,9 +25,12 @@ system-deps-run:
 system-deps-test:
 	@scripts/system-deps.sh test
 
-## Start medflow on the embedded default (SQLite + filesystem under $(DATA)).
+## Start medflow on the embedded default (SQLite + filesystem under $(DATA)); on first start
+## it generates and loads the synthetic demo hospital ($(DEMO_PATIENTS) patients; 0: none).
+## `$(BIN)/medflow demo reset --data-dir $(DATA)` starts over.
 run: system-deps-run $(STAMP)
-	$(BIN)/medflow serve --data-dir $(DATA)
+	$(BIN)/medflow serve --data-dir $(DATA) --host $(HOST) --port $(PORT) \
+	  --dimse-port $(DIMSE_PORT) --demo-patients $(DEMO_PATIENTS)
 
 ## Static checks: ruff, mypy (strict), import-linter (layering of DESIGN.md).
 lint: $(STAMP)

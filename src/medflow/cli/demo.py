@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -66,3 +72,113 @@ def load(
             raise typer.Exit(1) from exc
     console.print(f"{done.bundles} FHIR Bundles, {done.studies} studies "
                   f"({done.instances} instances) sent to {url}")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# The demo hospital of `make run` (`medflow serve --demo-patients N`) and `medflow demo reset`
+# ------------------------------------------------------------------------------------------
+DEMO_FOLDER = "demo"
+"""Under the data dir: the generated hospital (kept: `medflow ingest` and the pathology
+conversion can use it again) and ``loaded.json``, written once it is loaded."""
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"medflow did not answer at {url}/healthz")
+        time.sleep(0.2)
+
+
+def ensure_demo(
+    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None]
+) -> bool:
+    """Make sure the demo hospital ``(seed, patients)`` is loaded into the medflow at ``url``:
+    generate it under ``data_dir/demo`` unless that very hospital is there already, then send
+    it through the public APIs (FHIR Bundles, STOW-RS) once ``/healthz`` answers. Returns
+    False when it was loaded before (nothing is sent again). Loading is idempotent, so an
+    interrupted first start simply loads again next time."""
+    from medflow.synthetic.loader import load as send
+    from medflow.synthetic.writer import generate as write
+
+    folder = data_dir / DEMO_FOLDER
+    want = {"seed": seed, "patients": patients}
+    if _read_json(folder / "loaded.json") == want:
+        say(f"demo hospital: {patients} patients (seed {seed}) already loaded; "
+            "`medflow demo reset` starts over")  # fmt: skip
+        return False
+    started = time.monotonic()
+    meta = _read_json(folder / "hospital.json") or {}
+    if {k: meta.get(k) for k in want} != want or meta.get("metadata_only"):
+        say(f"demo hospital: generating {patients} synthetic patients (seed {seed}) ...")
+        write(folder, patients=patients, seed=seed)
+    _wait_healthy(url, timeout=120)
+    say("demo hospital: loading through FHIR and STOW-RS ...")
+    done = send(folder, url=url)
+    (folder / "loaded.json").write_text(json.dumps(want, sort_keys=True) + "\n")
+    say(f"demo hospital ready: {done.bundles} patients, {done.studies} studies, "
+        f"{done.instances} instances ({time.monotonic() - started:.0f} s)")  # fmt: skip
+    return True
+
+
+def start_demo_loader(
+    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None]
+) -> threading.Thread:
+    """``ensure_demo`` in a daemon thread beside the server; a failure is reported, never
+    raised (the archive keeps serving)."""
+
+    def run() -> None:
+        try:
+            ensure_demo(data_dir, url=url, patients=patients, seed=seed, say=say)
+        except Exception as exc:  # noqa: BLE001  (report it; the archive keeps serving)
+            say(f"demo hospital: loading failed: {exc}")
+
+    thread = threading.Thread(target=run, name="medflow-demo", daemon=True)
+    thread.start()
+    return thread
+
+
+EMBEDDED_FILES = ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm")
+EMBEDDED_DIRS = ("blobs", "tmp", "exports", DEMO_FOLDER)
+
+
+@demo_app.command("reset")
+def reset(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data directory (default: $MEDFLOW_DATA_DIR)"),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+) -> None:
+    """Start over: delete the embedded index, the blobs, exports and the generated demo
+    hospital of a data dir (stop `medflow serve` first). The next `make run` loads a new one."""
+    from medflow.cli.common import load_settings
+
+    settings = load_settings(data_dir)
+    if settings.database_url or settings.blobs.backend != "filesystem" or settings.blobs.path:
+        console.print("reset only removes the embedded default (SQLite and blobs under the data "
+                      "dir); drop an external database or bucket with its own tools")  # fmt: skip
+        raise typer.Exit(2)
+    root = settings.data_dir
+    targets = [root / n for n in EMBEDDED_FILES + EMBEDDED_DIRS if (root / n).exists()]
+    if not targets:
+        console.print(f"nothing to reset in {root}")
+        return
+    if not yes and not typer.confirm(f"delete the archive, FHIR store and demo data in {root}?"):
+        raise typer.Exit(1)
+    for path in targets:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    console.print(f"reset {root}: removed {', '.join(p.name for p in targets)}")

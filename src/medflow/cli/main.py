@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from medflow import __version__
 from medflow.cli.common import export_settings, load_settings
-from medflow.cli.demo import demo_app
+from medflow.cli.demo import demo_app, start_demo_loader
 from medflow.cli.dimse import aet_app, send
 from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
@@ -49,8 +50,16 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="HTTP worker processes over the same index and blobs")
     ] = 1,
+    demo_patients: Annotated[
+        int,
+        typer.Option(
+            "--demo-patients",
+            help="Generate and load this many synthetic patients on first start (make run: 200)",
+        ),
+    ] = 0,
+    demo_seed: Annotated[int, typer.Option("--demo-seed", help="The demo hospital's seed")] = 0,
 ) -> None:
-    """Run medflow: DICOMweb at /dicomweb, health at /healthz."""
+    """Run medflow: the home page at /, DICOMweb at /dicomweb, FHIR R4 at /fhir, DIMSE."""
     import uvicorn
 
     from medflow.bootstrap import build, create_app, start_dimse, start_sync
@@ -65,10 +74,17 @@ def serve(
     container = build(settings)
     dimse_server = start_dimse(container, host=http.host)
     start_sync(container)
-    console.print(
-        f"medflow on http://{http.host}:{http.port}  (DICOMweb /dicomweb, data {settings.data_dir})"
-        + (f", DIMSE {dimse.ae_title}@{http.host}:{dimse.port}" if dimse_server else "")
-    )
+    wildcard = http.host in ("0.0.0.0", "::")  # noqa: S104  (an address to print, not to bind)
+    base = f"http://{'127.0.0.1' if wildcard else http.host}:{http.port}"
+    console.print(f"medflow {__version__}, data in {settings.data_dir}")
+    for what, where in (("home", f"{base}/"), ("DICOMweb", f"{base}/dicomweb"),
+                        ("FHIR R4", f"{base}/fhir"), ("API docs", f"{base}/docs"),
+                        ("DIMSE", f"{dimse.ae_title}@{http.host}:{dimse.port}"
+                         if dimse_server else "off")):  # fmt: skip
+        console.print(f"  {what:<9} {where}")
+    if demo_patients > 0:
+        start_demo_loader(settings.data_dir, url=base, patients=demo_patients, seed=demo_seed,
+                          say=console.print)  # fmt: skip
     options: dict[str, Any] = {
         "host": http.host,
         "port": http.port,

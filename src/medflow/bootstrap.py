@@ -23,6 +23,7 @@ from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
 from medflow.sync.worker import LINKED_TYPES, EmbeddedFhir, SyncWorker, start_in_thread
+from medflow.web.router import build_web_router
 
 
 @dataclass
@@ -101,6 +102,7 @@ def create_app(container: Container) -> FastAPI:
         )
     app.include_router(build_router())
     app.include_router(build_fhir_router())
+    app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])
     def sync_status() -> dict[str, object]:

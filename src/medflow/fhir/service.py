@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from medflow.core.errors import Gone, InvalidInput, NotFound, PreconditionFailed
 from medflow.core.events import EventBus, FhirChanged
 from medflow.db.engine import write_session
-from medflow.fhir import custom_params
+from medflow.fhir import custom_params, stats
 from medflow.fhir import repository as repo
 from medflow.fhir.models import FhirHistory, FhirReference, FhirResource
 from medflow.fhir.validation import Issue, validate
@@ -173,6 +173,28 @@ class FhirService:
         None, so the cursor still moves past them without the cost of reading them)."""
         with Session(self.engine) as s:
             return [_version(r, types) for r in repo.changes_after(s, after, limit)]
+
+    def search_resources(
+        self, *, resource_type: str, params: Sequence[tuple[str, str]], limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` current ``resource_type`` resources matching the search
+        parameters (R4 search, strict: a parameter not understood is ``InvalidInput``)."""
+        from medflow.fhir.search import parse_query, run_search
+
+        plan = parse_query(resource_type, [*params, ("_count", str(limit))], strict=True)
+        page = run_search(self.engine, plan, default_total="none")
+        return [json.loads(found.content) for found in page.matches]
+
+    def type_counts(self, *, resource_types: Collection[str]) -> dict[str, int]:
+        """Live resources of each type (one grouped count in SQL)."""
+        return stats.type_counts(self.engine, resource_types)
+
+    def code_counts(
+        self, *, resource_type: str, param: str = "code", limit: int = 10
+    ) -> list[stats.CodeCount]:
+        """The most frequent codes of a token parameter (``Condition`` ``code``: the top
+        diagnoses), counted over the search index."""
+        return stats.code_counts(self.engine, resource_type, param, limit=limit)
 
     # -- write ------------------------------------------------------------------------------
     def create(self, *, resource: Any, resource_type: str | None = None) -> Written:

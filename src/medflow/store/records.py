@@ -73,6 +73,21 @@ class ChangeEvent:
     metadata_json: str | None = None
 
 
+@dataclass(frozen=True)
+class ArchiveOverview:
+    """What the archive holds, counted in SQL (the web UI's home page)."""
+
+    patients: int
+    """Distinct Patient IDs (0010,0020) over the studies."""
+    studies: int
+    series: int
+    instances: int
+    studies_by_modality: list[tuple[str, int]]
+    """(Modality, number of studies with a series of it), most studies first."""
+    studies_by_year: list[tuple[str, int]]
+    """(year of Study Date, number of studies), oldest first; undated studies left out."""
+
+
 @dataclass
 class VerifyReport:
     checked: int = 0

@@ -40,7 +40,13 @@ from medflow.store.indexer import (
 )
 from medflow.store.models import ChangeFeedEntry, Instance, Series, Study
 from medflow.store.query import Query, QueryResult, execute_query
-from medflow.store.records import ChangeEvent, InstanceRecord, StoreOutcome, VerifyReport
+from medflow.store.records import (
+    ArchiveOverview,
+    ChangeEvent,
+    InstanceRecord,
+    StoreOutcome,
+    VerifyReport,
+)
 from medflow.store.spool import SpooledObject
 
 log = logging.getLogger(__name__)
@@ -428,6 +434,37 @@ class StoreService:
                 "series": s.scalar(select(func.count()).select_from(Series)) or 0,
                 "instances": s.scalar(select(func.count()).select_from(Instance)) or 0,
             }
+
+    def overview(self, *, top_modalities: int = 20) -> ArchiveOverview:
+        """Counts of patients, studies, series and instances, studies by modality (at most
+        ``top_modalities``) and by year: aggregates in SQL over indexed columns, however
+        large the archive."""
+        year = func.substr(Study.study_date, 1, 4)
+        with self.read_session() as s:
+            patients = s.scalar(select(func.count(func.distinct(Study.patient_id)))) or 0
+            per_study = func.count(func.distinct(Series.study_pk))
+            modalities = s.execute(
+                select(Series.modality, per_study)
+                .where(Series.modality.is_not(None))
+                .group_by(Series.modality)
+                .order_by(per_study.desc(), Series.modality)
+                .limit(top_modalities)
+            ).all()
+            years = s.execute(
+                select(year, func.count())
+                .where(Study.study_date.is_not(None), func.length(Study.study_date) >= 4)
+                .group_by(year)
+                .order_by(year)
+            ).all()
+        counts = self.counts()
+        return ArchiveOverview(
+            patients=int(patients),
+            studies=counts["studies"],
+            series=counts["series"],
+            instances=counts["instances"],
+            studies_by_modality=[(str(m), int(n)) for m, n in modalities],
+            studies_by_year=[(str(y), int(n)) for y, n in years],
+        )
 
 
 __all__ = ["StoreService"]

@@ -1,0 +1,124 @@
+"""The web UI edge: HTML pages rendered with Jinja2 (autoescaped) and their static assets.
+
+``/`` the home page (counts and charts), ``/studies`` the study list, ``/studies/{uid}`` a
+study with its series and an image viewer, ``/static/{name}`` the CSS and JS. The pages call
+the archive's and the FHIR store's services (``request.app.state.container``); the browser
+fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from medflow import __version__
+from medflow.core.errors import NotFound
+from medflow.fhir.service import FhirService
+from medflow.store.service import StoreService
+from medflow.web.home import FHIR_TYPES, home
+from medflow.web.studies import FIELDS, MODALITIES, search_studies
+from medflow.web.study import study_page
+
+STATIC_TYPES = {
+    "medflow.css": "text/css; charset=utf-8",
+    "medflow.js": "text/javascript; charset=utf-8",
+    "viewer.js": "text/javascript; charset=utf-8",
+}
+"""The static files served (no other name is looked up)."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    etag: str
+
+
+@cache
+def _asset(name: str) -> Asset:
+    body = (resources.files("medflow.web") / "static" / name).read_bytes()
+    return Asset(body, hashlib.sha256(body).hexdigest()[:16])
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("medflow.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["version"] = __version__
+    env.globals["static_version"] = lambda name: _asset(name).etag
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def _services(request: Request) -> tuple[StoreService, FhirService]:
+    container = request.app.state.container
+    return container.store, container.fhir
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _page(
+    request: Request, name: str, context: dict[str, Any], *, status_code: int = 200
+) -> HTMLResponse:
+    response = templates.TemplateResponse(
+        request, name, {"root": _root(request), "active": "", **context}, status_code=status_code
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def build_web_router() -> APIRouter:
+    router = APIRouter(tags=["Web UI"], include_in_schema=False)
+
+    @router.get("/", response_class=HTMLResponse)
+    def home_page(request: Request) -> HTMLResponse:
+        store, fhir = _services(request)
+        content = home(store, fhir, root=_root(request))
+        return _page(request, "home.html", {"home": content, "fhir_types": FHIR_TYPES})
+
+    @router.get("/studies", response_class=HTMLResponse)
+    def studies_page(request: Request) -> HTMLResponse:
+        store, _ = _services(request)
+        page = search_studies(store, request.query_params)
+        context = {"page": page, "fields": FIELDS, "modalities": MODALITIES}
+        return _page(request, "studies.html", context, status_code=400 if page.error else 200)
+
+    @router.get("/studies/{study_uid}", response_class=HTMLResponse)
+    def study(request: Request, study_uid: str) -> HTMLResponse:
+        store, fhir = _services(request)
+        try:
+            page = study_page(store, fhir, study_uid)
+        except NotFound:
+            return _page(request, "not_found.html", {"what": "study"}, status_code=404)
+        return _page(request, "study.html", {"page": page, "viewer": page.viewer(_root(request))})
+
+    @router.get("/static/{name}")
+    def static(request: Request, name: str) -> Response:
+        media_type = STATIC_TYPES.get(name)
+        if media_type is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        asset = _asset(name)
+        headers = {"ETag": f'"{asset.etag}"', "Cache-Control": "public, max-age=86400"}
+        if request.headers.get("if-none-match") == f'"{asset.etag}"':
+            return Response(status_code=304, headers=headers)
+        return Response(asset.body, media_type=media_type, headers=headers)
+
+    return router
+
+
+__all__ = ["build_web_router"]

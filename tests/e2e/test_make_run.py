@@ -106,6 +106,9 @@ def test_make_run_loads_the_demo_once_and_reset_starts_over(tmp_path: Path) -> N
         r = httpx.get(f"{base}/dicomweb/studies", timeout=30)
         assert r.status_code == 200 and len(r.json()) == studies
         wait_synced(base, studies)
+        home = httpx.get(f"{base}/", timeout=30)
+        assert home.status_code == 200 and "text/html" in home.headers["content-type"]
+        assert "<svg" in home.text and "Studies by modality" in home.text
         reports = fhir_total(base, "DiagnosticReport")
         assert reports >= studies  # a radiology report per study (and pathology ones)
 

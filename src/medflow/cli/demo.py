@@ -22,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from medflow.core.errors import InvalidInput
+
 console = Console()
 demo_app = typer.Typer(help="The synthetic demo hospital.")
 
@@ -35,6 +37,12 @@ def generate(
         bool, typer.Option("--metadata-only", help="Tiny 8x8 pixel matrices (benchmarks)")
     ] = False,
     size: Annotated[int | None, typer.Option(help="Image matrix size (default 256)")] = None,
+    slides: Annotated[
+        bool, typer.Option("--slides/--no-slides", help="Whole-slide TIFFs for biopsies")
+    ] = True,
+    slide_size: Annotated[
+        int | None, typer.Option(help="Slide base level, a power of two (default 2048)")
+    ] = None,
 ) -> None:
     """Write patients' FHIR Bundles, DICOM studies and the ground truth under --out."""
     from medflow.synthetic.writer import generate as write
@@ -42,10 +50,16 @@ def generate(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:  # fmt: skip
         task = progress.add_task("patients", total=patients)
-        done = write(out, patients=patients, seed=seed, metadata_only=metadata_only, size=size,
-                     progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+        try:
+            done = write(out, patients=patients, seed=seed, metadata_only=metadata_only,
+                         size=size, slides=slides, slide_size=slide_size,
+                         progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+        except InvalidInput as exc:
+            console.print(f"cannot generate: {exc}")
+            raise typer.Exit(2) from exc
     console.print(f"{done.patients} patients, {done.resources} FHIR resources, "
-                  f"{done.studies} studies, {done.instances} DICOM instances in {out}")  # fmt: skip
+                  f"{done.studies} studies, {done.instances} DICOM instances, "
+                  f"{done.slides} whole-slide images in {out}")  # fmt: skip
 
 
 @demo_app.command("load")

@@ -29,7 +29,12 @@ ServiceRequest         one radiology order per study (accession number as identi
                        v2-0203 ACSN)
 DiagnosticReport       one radiology report per study (v2-0074 RAD, the accession, basedOn the
                        order, conclusion worded from the finding); a surgical pathology report
-                       (v2-0074 SP) for the biopsy, conclusionCode SNOMED
+                       (v2-0074 SP) for the biopsy: the case's accession number (ACSN, the
+                       slide's DICOM AccessionNumber), its specimen, conclusionCode SNOMED
+Specimen               the biopsy's tissue (SNOMED 119376003): identifier ``<case>-A``
+                       (``urn:medflow:specimen``), accessionIdentifier the case's accession,
+                       collection day, method and body site, the H&E slide as its container
+                       (``urn:medflow:slide``, the slide image's ContainerIdentifier)
 =====================  ==========================================================================
 
 No ImagingStudy: the DICOM → FHIR sync makes those from the archive, and links the reports by
@@ -57,9 +62,19 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from medflow.synthetic.plan import MRN_SYSTEM, NONE, TODAY, PatientPlan, StudyPlan
+from medflow.synthetic.plan import (
+    BIOPSY_SITES,
+    MRN_SYSTEM,
+    NONE,
+    SPECIMEN_TYPE,
+    TODAY,
+    PatientPlan,
+    StudyPlan,
+)
 
 SYNTHETIC_SYSTEM = "urn:medflow:synthetic"
+SPECIMEN_SYSTEM = "urn:medflow:specimen"
+SLIDE_SYSTEM = "urn:medflow:slide"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -107,6 +122,7 @@ ENCOUNTER_TYPES = {  # visit kind -> (v3 ActCode class, class display, SNOMED ty
     "admission": ("IMP", "inpatient encounter", "32485007", "Hospital admission"),
 }
 BIOPSY = ("86273004", "Biopsy")
+BIOPSY_METHOD = ("129314006", "Biopsy - action")
 CHEMO = ("367336001", "Chemotherapy")
 RADIO = ("108290001", "Radiation oncology AND/OR radiotherapy")
 SURGERY = {
@@ -426,9 +442,19 @@ def _treatment(rec: _Record) -> None:
 
 def _biopsy(rec: _Record) -> None:
     p = rec.plan
-    if p.biopsy is None or p.biopsy > rec.limit:
+    if p.biopsy is None or p.biopsy > rec.limit or p.pathology_accession is None:
         return
     encounter = rec.visit(p.biopsy, "follow-up")
+    acsn = {"type": ACSN_TYPE, "value": p.pathology_accession}
+    site = BIOPSY_SITES.get(p.disease.body_part, ("123037004", "Body structure"))
+    specimen = rec.add("specimen", {
+        "resourceType": "Specimen", "accessionIdentifier": acsn, "status": "available",
+        "type": _cc(SNOMED, *SPECIMEN_TYPE), "subject": rec.subject,
+        "collection": {"collectedDateTime": _day(p.biopsy), "method": _cc(SNOMED, *BIOPSY_METHOD),
+                       "bodySite": _cc(SNOMED, *site)},
+        "container": [{"identifier": [{"system": SLIDE_SYSTEM, "value": p.slide_id}],
+                       "description": "Glass slide, H&E stain, block A1"}],
+    }, {"system": SPECIMEN_SYSTEM, "value": p.specimen_id})  # fmt: skip
     text = PATHOLOGY.get(p.disease.key, "No evidence of malignancy.")
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "status": "final",
@@ -436,10 +462,11 @@ def _biopsy(rec: _Record) -> None:
         "subject": rec.subject, "encounter": _ref(encounter),
         "effectiveDateTime": _day(p.biopsy),
         "issued": _instant(min(p.biopsy + timedelta(days=3), rec.limit)),
+        "specimen": [_ref(specimen)],
         "conclusion": text,
         "conclusionCode": [_cc(SNOMED, p.disease.snomed, p.disease.display)],
     }  # fmt: skip
-    url = rec.add("diagnostic-report", report)
+    url = rec.add("diagnostic-report", report, acsn)
     _procedure(rec, BIOPSY, p.biopsy, "follow-up", report=[_ref(url)])
 
 

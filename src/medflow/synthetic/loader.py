@@ -1,7 +1,8 @@
 """Send a generated hospital folder through medflow's public interfaces (``medflow demo
 load``): the FHIR Bundles first (transactions with conditional creates: loading twice adds
 nothing), then each DICOM study by STOW-RS (storing an instance again is idempotent); the sync
-worker then makes the ImagingStudies and links them to the reports by accession number."""
+worker then makes the ImagingStudies and links them to the reports by accession number. The
+slides under ``pathology/`` are not sent: they are TIFFs for the pathology conversion."""
 
 from __future__ import annotations
 

@@ -65,6 +65,11 @@ DISEASES = (
 )  # fmt: skip
 NONE = Disease("screening", "", "", "No finding", False, "CR", "CHEST", "", 0.15, 0)
 """Patients imaged without a disease (screening, pre-operative chest X-ray): negatives."""
+BIOPSY_SITES = {"CHEST": ("39607008", "Lung structure"), "BREAST": ("76752008", "Breast structure"),
+                "KNEE": ("272673000", "Bone structure")}  # fmt: skip
+"""SNOMED CT body structure of a biopsy, by the disease's body part."""
+SPECIMEN_TYPE = ("119376003", "Tissue specimen")
+"""SNOMED CT type of the biopsy specimen (FHIR Specimen.type, the slide's specimen)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,24 @@ class PatientPlan:
     def age(self) -> int:
         born = self.birth_date
         return TODAY.year - born.year - ((TODAY.month, TODAY.day) < (born.month, born.day))
+
+    @property
+    def pathology_accession(self) -> str | None:
+        """The surgical pathology case's accession number (the biopsy's report and the slide's
+        AccessionNumber); None without a biopsy."""
+        return None if self.biopsy is None else f"S{self.seed % 1000:03d}{self.index:07d}"
+
+    @property
+    def specimen_id(self) -> str | None:
+        """The biopsy specimen (part A of the case)."""
+        acc = self.pathology_accession
+        return None if acc is None else f"{acc}-A"
+
+    @property
+    def slide_id(self) -> str | None:
+        """The H&E slide cut from block A1 of the specimen (its container identifier)."""
+        acc = self.pathology_accession
+        return None if acc is None else f"{acc}-A1-1"
 
 
 def _rng(seed: int, *parts: object) -> random.Random:

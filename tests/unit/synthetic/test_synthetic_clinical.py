@@ -44,6 +44,14 @@ def _acsn(resource: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pathology(resource: dict[str, Any]) -> bool:
+    return any(c["coding"][0]["code"] == "SP" for c in resource.get("category", []))
+
+
+def _acsn_list(resources: list[dict[str, Any]]) -> list[str]:
+    return [a for r in resources for a in _acsn(r)]
+
+
 def test_every_resource_is_valid_r4(bundles: list[dict[str, Any]]) -> None:
     for bundle in bundles:
         assert validate(bundle) == []
@@ -89,11 +97,13 @@ def test_identifiers_agree_with_the_plan(
         assert mrn["type"]["coding"][0]["code"] == "MR"
         accessions = [s.accession for s in plan.studies]
         for rtype in ("ServiceRequest", "DiagnosticReport"):
-            radiology = [r for r in _resources(bundle, rtype) if _acsn(r)]
+            radiology = [r for r in _resources(bundle, rtype) if not _pathology(r)]
             assert [a for r in radiology for a in _acsn(r)] == accessions
-        pathology = [r for r in _resources(bundle, "DiagnosticReport") if not _acsn(r)]
+        pathology = [r for r in _resources(bundle, "DiagnosticReport") if _pathology(r)]
         assert len(pathology) == (plan.biopsy is not None)
-        assert all(p["category"][0]["coding"][0]["code"] == "SP" for p in pathology)
+        assert all(_acsn(p) == [plan.pathology_accession] for p in pathology)
+        specimens = _resources(bundle, "Specimen")
+        assert [s["accessionIdentifier"]["value"] for s in specimens] == _acsn_list(pathology)
 
 
 def test_every_entry_is_a_conditional_create_on_its_own_identifier(
@@ -201,7 +211,7 @@ def test_radiology_reports_are_worded_from_the_finding(
     for plan, bundle in zip(plans, bundles, strict=True):
         findings = {s.accession: s for s in plan.studies}
         for report in _resources(bundle, "DiagnosticReport"):
-            if not _acsn(report):
+            if _pathology(report):
                 continue
             study = findings[_acsn(report)[0]]
             assert report["effectiveDateTime"] == str(study.day)

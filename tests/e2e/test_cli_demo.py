@@ -25,9 +25,9 @@ def digest(folder: Path) -> dict[str, str]:
 
 def test_demo_generate_is_deterministic(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
+    for out, workers in ((a, "1"), (b, "2")):  # one process or two: the same bytes
         done = medflow("demo", "generate", "--out", out, "--patients", "6", "--seed", "3",
-                       "--size", "64")  # fmt: skip
+                       "--size", "64", "--slide-size", "512", "--workers", workers)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert "6 patients" in done.stdout
     assert digest(a) == digest(b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -43,6 +44,9 @@ def generate(
     slide_size: Annotated[
         int | None, typer.Option(help="Slide base level, a power of two (default 2048)")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Processes writing patients (default: one per CPU)")
+    ] = 0,
 ) -> None:
     """Write patients' FHIR Bundles, DICOM studies and the ground truth under --out."""
     from medflow.synthetic.writer import generate as write
@@ -53,6 +57,7 @@ def generate(
         try:
             done = write(out, patients=patients, seed=seed, metadata_only=metadata_only,
                          size=size, slides=slides, slide_size=slide_size,
+                         workers=workers or os.cpu_count() or 1,
                          progress=lambda n: progress.update(task, completed=n))  # fmt: skip
         except InvalidInput as exc:
             console.print(f"cannot generate: {exc}")
@@ -138,7 +143,7 @@ def ensure_demo(
     meta = _read_json(folder / "hospital.json") or {}
     if {k: meta.get(k) for k in want} != want or meta.get("metadata_only"):
         say(f"demo hospital: generating {patients} synthetic patients (seed {seed}) ...")
-        write(folder, patients=patients, seed=seed)
+        write(folder, patients=patients, seed=seed, workers=os.cpu_count() or 1)
     _wait_healthy(url, timeout=120)
     say("demo hospital: loading through FHIR and STOW-RS ...")
     done = send(folder, url=url)

@@ -20,10 +20,15 @@ identifiers, as it writes 8 x 8 DICOM pixels.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medflow.synthetic import pathology
 from medflow.synthetic.clinical import ground_truth, patient_bundle
@@ -42,6 +47,16 @@ class Generated:
     slides: int = 0
 
 
+@dataclass(frozen=True)
+class _Job:
+    out: Path
+    seed: int
+    metadata_only: bool
+    size: int | None
+    slides: bool
+    side: int
+
+
 def generate(
     out: Path,
     *,
@@ -51,46 +66,69 @@ def generate(
     size: int | None = None,
     slides: bool = True,
     slide_size: int | None = None,
+    workers: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Generated:
     """Write ``patients`` patients of the hospital ``seed`` under ``out`` (created).
 
     ``size``: the DICOM matrix (default per modality); ``slides``: write a slide per biopsied
     patient; ``slide_size``: its base level's side, a power of two from 256 to 16384 (default
-    :data:`~medflow.synthetic.pathology.DEFAULT_SIZE`; ``InvalidInput`` otherwise)."""
+    :data:`~medflow.synthetic.pathology.DEFAULT_SIZE`; ``InvalidInput`` otherwise);
+    ``workers`` > 1: patients are written by that many processes (started with ``spawn``, so
+    a caller with threads is safe); every file is the same as with one."""
     side = pathology.METADATA_ONLY_SIZE if metadata_only else slide_size or pathology.DEFAULT_SIZE
     pathology.check_size(side)
-    fhir_dir, dicom_dir, slide_dir = out / "fhir", out / "dicom", out / "pathology"
-    fhir_dir.mkdir(parents=True, exist_ok=True)
-    dicom_dir.mkdir(parents=True, exist_ok=True)
+    for folder in ("fhir", "dicom"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    job = _Job(out, seed, metadata_only, size, slides, side)
     done = Generated()
     truth = []
-    for index in range(patients):
-        plan = plan_patient(seed, index)
-        bundle = patient_bundle(plan)
-        text = json.dumps(bundle, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        (fhir_dir / f"{plan.mrn}.json").write_text(text + "\n", encoding="utf-8")
-        done.resources += len(bundle["entry"])
-        for study in plan.studies:
-            folder = dicom_dir / study.study_uid
-            folder.mkdir(exist_ok=True)
-            for ds in study_datasets(plan, study, size=size, metadata_only=metadata_only):
-                name = f"{int(ds.SeriesNumber)}-{int(ds.InstanceNumber)}.dcm"
-                ds.save_as(folder / name, enforce_file_format=True)
-                done.instances += 1
-            done.studies += 1
-        record = ground_truth(plan)
-        if slides and plan.biopsy is not None:
-            pathology.write_slide(plan, slide_dir, size=side)
-            record["slide"] = pathology.slide_truth(plan, side)
-            done.slides += 1
-        truth.append(record)
-        done.patients += 1
-        if progress is not None:
-            progress(index + 1)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and patients > 1:
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            chunk = max(1, min(16, patients // (workers * 8)))
+            results = pool.map(_write_patient, itertools.repeat(job), range(patients),
+                               chunksize=chunk)  # fmt: skip
+        else:
+            results = map(_write_patient, itertools.repeat(job), range(patients))
+        for index, (counts, record) in enumerate(results):
+            done.resources += counts.resources
+            done.studies += counts.studies
+            done.instances += counts.instances
+            done.slides += counts.slides
+            done.patients += 1
+            truth.append(record)
+            if progress is not None:
+                progress(index + 1)
     (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     meta = {"generator": "medflow.synthetic", "version": VERSION, "seed": seed,
             "patients": patients, "metadata_only": metadata_only, "slides": done.slides,
             "slide_size": side if slides else None}  # fmt: skip
     (out / "hospital.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return done
+
+
+def _write_patient(job: _Job, index: int) -> tuple[Generated, dict[str, Any]]:
+    """Write one patient's Bundle, studies and slide; its counts and ground truth."""
+    done = Generated(patients=1)
+    plan = plan_patient(job.seed, index)
+    bundle = patient_bundle(plan)
+    text = json.dumps(bundle, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    (job.out / "fhir" / f"{plan.mrn}.json").write_text(text + "\n", encoding="utf-8")
+    done.resources += len(bundle["entry"])
+    for study in plan.studies:
+        folder = job.out / "dicom" / study.study_uid
+        folder.mkdir(exist_ok=True)
+        for ds in study_datasets(plan, study, size=job.size, metadata_only=job.metadata_only):
+            name = f"{int(ds.SeriesNumber)}-{int(ds.InstanceNumber)}.dcm"
+            ds.save_as(folder / name, enforce_file_format=True)
+            done.instances += 1
+        done.studies += 1
+    record = ground_truth(plan)
+    if job.slides and plan.biopsy is not None:
+        pathology.write_slide(plan, job.out / "pathology", size=job.side)
+        record["slide"] = pathology.slide_truth(plan, job.side)
+        done.slides += 1
+    return done, record

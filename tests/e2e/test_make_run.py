@@ -120,10 +120,13 @@ def test_make_run_loads_the_demo_once_and_reset_starts_over(tmp_path: Path) -> N
         assert fhir_total(base, "DiagnosticReport") == reports
         assert len(httpx.get(f"{base}/dicomweb/studies", timeout=30).json()) == studies
 
+    (data / "notes").mkdir()  # not medflow's: reset leaves it
+    (data / "notes" / "keep.txt").write_text("mine")
     done = medflow("demo", "reset", "--data-dir", data, "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (data / "index.sqlite3").exists() and not (data / "demo").exists()
     assert not (data / "blobs").exists()
+    assert (data / "notes" / "keep.txt").read_text() == "mine"
 
 
 def test_demo_reset_refuses_an_external_database(tmp_path: Path) -> None:
@@ -137,6 +140,9 @@ def test_demo_reset_refuses_an_external_database(tmp_path: Path) -> None:
     assert "external database" in proc.stdout
 
 
-def test_demo_reset_on_an_empty_data_dir(tmp_path: Path) -> None:
+def test_demo_reset_touches_nothing_outside_a_medflow_data_dir(tmp_path: Path) -> None:
+    for name in ("demo", "tmp", "blobs"):  # names reset would remove, in a folder not medflow's
+        (tmp_path / name).mkdir()
     done = medflow("demo", "reset", "--data-dir", tmp_path, "--yes")
     assert done.returncode == 0 and "nothing to reset" in done.stdout
+    assert all((tmp_path / name).is_dir() for name in ("demo", "tmp", "blobs"))

@@ -57,7 +57,7 @@ def generate(
         try:
             done = write(out, patients=patients, seed=seed, metadata_only=metadata_only,
                          size=size, slides=slides, slide_size=slide_size,
-                         workers=workers or os.cpu_count() or 1,
+                         workers=workers or _cpus(),
                          progress=lambda n: progress.update(task, completed=n))  # fmt: skip
         except InvalidInput as exc:
             console.print(f"cannot generate: {exc}")
@@ -109,42 +109,56 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _wait_healthy(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"medflow did not answer at {url}/healthz")
-        time.sleep(0.2)
+def _present(url: str, seed: int, patients: int) -> bool:
+    """Whether the last patient of the hospital is in the FHIR store and its first study in the
+    archive (the marker file alone would not see an index deleted or replaced)."""
+    from medflow.synthetic.plan import MRN_SYSTEM, plan_patient
+
+    last = plan_patient(seed, patients - 1)
+    query = {"identifier": f"{MRN_SYSTEM}|{last.mrn}", "_summary": "count"}
+    fhir = httpx.get(f"{url}/fhir/Patient", params=query, timeout=30)
+    if fhir.status_code != 200 or not fhir.json().get("total"):
+        return False
+    if not last.studies:
+        return True
+    study = last.studies[0].study_uid
+    qido = httpx.get(f"{url}/dicomweb/studies", params={"StudyInstanceUID": study}, timeout=30)
+    return qido.status_code == 200 and bool(qido.content.strip()) and bool(qido.json())
 
 
 def ensure_demo(
-    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None]
-) -> bool:
-    """Make sure the demo hospital ``(seed, patients)`` is loaded into the medflow at ``url``:
-    generate it under ``data_dir/demo`` unless that very hospital is there already, then send
-    it through the public APIs (FHIR Bundles, STOW-RS) once ``/healthz`` answers. Returns
-    False when it was loaded before (nothing is sent again). Loading is idempotent, so an
-    interrupted first start simply loads again next time."""
+    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None],
+    stop: threading.Event | None = None,
+) -> bool:  # fmt: skip
+    """Make sure the demo hospital ``(seed, patients)`` is loaded into the medflow at ``url``
+    once its ``/healthz`` answers: generate it under ``data_dir/demo`` unless that very
+    hospital (same generator version) is there already, then send it through the public APIs
+    (FHIR Bundles, STOW-RS). Returns False when it is loaded already (``demo/loaded.json``
+    and the last patient found over HTTP): nothing is sent again. Loading is idempotent, so an
+    interrupted first start loads again next time. ``stop`` cancels the generation."""
     from medflow.synthetic.loader import load as send
+    from medflow.synthetic.loader import wait_healthy
+    from medflow.synthetic.writer import VERSION
     from medflow.synthetic.writer import generate as write
 
     folder = data_dir / DEMO_FOLDER
-    want = {"seed": seed, "patients": patients}
-    if _read_json(folder / "loaded.json") == want:
+    want = {"seed": seed, "patients": patients, "version": VERSION}
+    wait_healthy(url, timeout=120)
+    if _read_json(folder / "loaded.json") == want and _present(url, seed, patients):
         say(f"demo hospital: {patients} patients (seed {seed}) already loaded; "
             "`medflow demo reset` starts over")  # fmt: skip
         return False
     started = time.monotonic()
+    (folder / "loaded.json").unlink(missing_ok=True)
     meta = _read_json(folder / "hospital.json") or {}
-    if {k: meta.get(k) for k in want} != want or meta.get("metadata_only"):
+    if (
+        {k: meta.get(k) for k in want} != want
+        or meta.get("metadata_only")
+        or meta.get("slide_size") is None
+    ):
         say(f"demo hospital: generating {patients} synthetic patients (seed {seed}) ...")
-        write(folder, patients=patients, seed=seed, workers=os.cpu_count() or 1)
-    _wait_healthy(url, timeout=120)
+        write(folder, patients=patients, seed=seed, workers=_cpus(),
+              cancelled=None if stop is None else stop.is_set)  # fmt: skip
     say("demo hospital: loading through FHIR and STOW-RS ...")
     done = send(folder, url=url)
     (folder / "loaded.json").write_text(json.dumps(want, sort_keys=True) + "\n")
@@ -153,17 +167,23 @@ def ensure_demo(
     return True
 
 
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
 def start_demo_loader(
-    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None]
-) -> threading.Thread:
+    data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None],
+    stop: threading.Event,
+) -> threading.Thread:  # fmt: skip
     """``ensure_demo`` in a daemon thread beside the server; a failure is reported, never
-    raised (the archive keeps serving)."""
+    raised (the archive keeps serving). Set ``stop`` when the server stops."""
 
     def run() -> None:
         try:
-            ensure_demo(data_dir, url=url, patients=patients, seed=seed, say=say)
+            ensure_demo(data_dir, url=url, patients=patients, seed=seed, say=say, stop=stop)
         except Exception as exc:  # noqa: BLE001  (report it; the archive keeps serving)
-            say(f"demo hospital: loading failed: {exc}")
+            if not stop.is_set():
+                say(f"demo hospital: loading failed: {type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=run, name="medflow-demo", daemon=True)
     thread.start()
@@ -192,12 +212,13 @@ def reset(
                       "dir); drop an external database or bucket with its own tools")  # fmt: skip
         raise typer.Exit(2)
     root = settings.data_dir
-    targets = [root / n for n in EMBEDDED_FILES + EMBEDDED_DIRS if (root / n).exists()]
-    if not targets:
-        console.print(f"nothing to reset in {root}")
+    if not (root / EMBEDDED_FILES[0]).is_file():  # not a medflow data dir: touch nothing
+        console.print(f"nothing to reset in {root} (no medflow index there)")
         return
-    if not yes and not typer.confirm(f"delete the archive, FHIR store and demo data in {root}?"):
+    targets = [root / n for n in EMBEDDED_FILES + EMBEDDED_DIRS if (root / n).exists()]
+    names = ", ".join(p.name for p in targets)
+    if not yes and not typer.confirm(f"delete {names} (archive, FHIR store, demo) in {root}?"):
         raise typer.Exit(1)
     for path in targets:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    console.print(f"reset {root}: removed {', '.join(p.name for p in targets)}")
+    console.print(f"reset {root}: removed {names}")

@@ -3,6 +3,7 @@ local data, ``--url`` where it talks to a running server."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,6 +66,10 @@ def serve(
     from medflow.bootstrap import build, create_app, start_dimse, start_sync
 
     configure(log_level)
+    if demo_patients > 0 and port == 0:
+        raise typer.BadParameter(
+            "the demo is loaded through the server's port: give one", param_hint="--port"
+        )
     settings = load_settings(data_dir)
     http = settings.http.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -74,17 +79,17 @@ def serve(
     container = build(settings)
     dimse_server = start_dimse(container, host=http.host)
     start_sync(container)
-    wildcard = http.host in ("0.0.0.0", "::")  # noqa: S104  (an address to print, not to bind)
-    base = f"http://{'127.0.0.1' if wildcard else http.host}:{http.port}"
+    base = _base_url(http.host, http.port)
     console.print(f"medflow {__version__}, data in {settings.data_dir}")
     for what, where in (("home", f"{base}/"), ("DICOMweb", f"{base}/dicomweb"),
                         ("FHIR R4", f"{base}/fhir"), ("API docs", f"{base}/docs"),
                         ("DIMSE", f"{dimse.ae_title}@{http.host}:{dimse.port}"
                          if dimse_server else "off")):  # fmt: skip
         console.print(f"  {what:<9} {where}")
+    demo_stop = threading.Event()
     if demo_patients > 0:
         start_demo_loader(settings.data_dir, url=base, patients=demo_patients, seed=demo_seed,
-                          say=console.print)  # fmt: skip
+                          say=console.print, stop=demo_stop)  # fmt: skip
     options: dict[str, Any] = {
         "host": http.host,
         "port": http.port,
@@ -100,9 +105,18 @@ def serve(
         else:
             uvicorn.run(create_app(container), **options)
     finally:
+        demo_stop.set()
         if dimse_server is not None:
             dimse_server.stop()
         container.close()
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL to print and to load the demo through: a wildcard bind address is reached on
+    loopback; an IPv6 literal goes in brackets (RFC 3986 §3.2.2)."""
+    if host in ("0.0.0.0", "::"):  # noqa: S104  (an address to print, not to bind)
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @app.command()

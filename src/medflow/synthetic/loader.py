@@ -6,6 +6,7 @@ slides under ``pathology/`` are not sent: they are TIFFs for the pathology conve
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,21 @@ def _multipart(files: list[Path], boundary: str) -> Iterator[bytes]:
         yield path.read_bytes()
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def wait_healthy(url: str, *, timeout: float) -> None:
+    """Wait until the medflow at ``url`` answers ``GET /healthz`` (``RuntimeError`` after
+    ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"medflow did not answer at {url}/healthz")
+        time.sleep(0.2)
 
 
 def load(

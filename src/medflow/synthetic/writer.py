@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import multiprocessing
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class Generated:
     slides: int = 0
 
 
+class Cancelled(Exception):
+    """``generate`` was cancelled (its ``cancelled`` callback answered True)."""
+
+
 @dataclass(frozen=True)
 class _Job:
     out: Path
@@ -68,6 +73,7 @@ def generate(
     slide_size: int | None = None,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Generated:
     """Write ``patients`` patients of the hospital ``seed`` under ``out`` (created).
 
@@ -75,25 +81,35 @@ def generate(
     patient; ``slide_size``: its base level's side, a power of two from 256 to 16384 (default
     :data:`~medflow.synthetic.pathology.DEFAULT_SIZE`; ``InvalidInput`` otherwise);
     ``workers`` > 1: patients are written by that many processes (started with ``spawn``, so
-    a caller with threads is safe); every file is the same as with one."""
+    a caller with threads is safe); every file is the same as with one. What an earlier run
+    wrote under ``out`` is removed first, so the folder holds exactly this hospital.
+    ``cancelled`` is asked between patients: when it answers True, the patients not begun are
+    dropped and ``Cancelled`` is raised (``hospital.json`` is then absent)."""
     side = pathology.METADATA_ONLY_SIZE if metadata_only else slide_size or pathology.DEFAULT_SIZE
     pathology.check_size(side)
+    for name in ("hospital.json", "truth.json"):
+        (out / name).unlink(missing_ok=True)
+    for folder in ("fhir", "dicom", "pathology"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     for folder in ("fhir", "dicom"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / folder).mkdir(parents=True)
     job = _Job(out, seed, metadata_only, size, slides, side)
     done = Generated()
     truth = []
+    pool: ProcessPoolExecutor | None = None
     with contextlib.ExitStack() as stack:
         if workers > 1 and patients > 1:
-            pool = stack.enter_context(
-                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            )
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            # On an error or a cancel, drop the queued patients instead of waiting for them.
+            stack.callback(pool.shutdown, wait=False, cancel_futures=True)
             chunk = max(1, min(16, patients // (workers * 8)))
             results = pool.map(_write_patient, itertools.repeat(job), range(patients),
                                chunksize=chunk)  # fmt: skip
         else:
             results = map(_write_patient, itertools.repeat(job), range(patients))
         for index, (counts, record) in enumerate(results):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"generation cancelled after {index} patients")
             done.resources += counts.resources
             done.studies += counts.studies
             done.instances += counts.instances
@@ -102,6 +118,8 @@ def generate(
             truth.append(record)
             if progress is not None:
                 progress(index + 1)
+        if pool is not None:
+            pool.shutdown(wait=True)  # every patient is written: let the workers exit
     (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     meta = {"generator": "medflow.synthetic", "version": VERSION, "seed": seed,
             "patients": patients, "metadata_only": metadata_only, "slides": done.slides,

@@ -30,6 +30,7 @@ from medflow.db.engine import write_session
 from medflow.fhir import custom_params, stats
 from medflow.fhir import repository as repo
 from medflow.fhir.models import FhirHistory, FhirReference, FhirResource
+from medflow.fhir.stats import CodeCount as CodeCount  # re-exported for the edges
 from medflow.fhir.validation import Issue, validate
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class FhirService:
 
     def code_counts(
         self, *, resource_type: str, param: str = "code", limit: int = 10
-    ) -> list[stats.CodeCount]:
+    ) -> list[CodeCount]:
         """The most frequent codes of a token parameter (``Condition`` ``code``: the top
         diagnoses), counted over the search index."""
         return stats.code_counts(self.engine, resource_type, param, limit=limit)

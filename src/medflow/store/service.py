@@ -437,8 +437,8 @@ class StoreService:
 
     def overview(self, *, top_modalities: int = 20) -> ArchiveOverview:
         """Counts of patients, studies, series and instances, studies by modality (at most
-        ``top_modalities``) and by year: aggregates in SQL over indexed columns, however
-        large the archive."""
+        ``top_modalities``) and by year: aggregates in SQL over indexed columns (scans of the
+        study and series tables; the web UI caches the result when it is slow)."""
         year = func.substr(Study.study_date, 1, 4)
         with self.read_session() as s:
             patients = s.scalar(select(func.count(func.distinct(Study.patient_id)))) or 0

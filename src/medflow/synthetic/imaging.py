@@ -499,6 +499,8 @@ def _anatomy(
         case.bit_generator.state = hit[1]
         return hit[0]
     arrays = build(case, *_grid(n))
+    for array in arrays:  # shared by every slice: an in-place change would corrupt the next
+        array.flags.writeable = False
     if len(_ANATOMY) >= 8:
         _ANATOMY.pop(next(iter(_ANATOMY)))
     _ANATOMY[cache_key] = (arrays, dict(case.bit_generator.state))

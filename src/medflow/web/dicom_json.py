@@ -54,7 +54,8 @@ def text(obj: Obj, tag: str) -> str:
     if value is None:
         return ""
     if isinstance(value, dict):
-        return person_name(str(value.get("Alphabetic") or ""))
+        groups = (value.get(k) for k in ("Alphabetic", "Ideographic", "Phonetic"))
+        return person_name(str(next((g for g in groups if g), "")))
     return str(value)
 
 
@@ -70,7 +71,7 @@ def person_name(pn: str) -> str:
 
 def date(value: str | None) -> str:
     """DA ``YYYYMMDD`` -> ``YYYY-MM-DD`` (other forms as they are)."""
-    if value and len(value) == 8 and value.isdigit():
+    if value and len(value) == 8 and value.isascii() and value.isdigit():
         return f"{value[:4]}-{value[4:6]}-{value[6:]}"
     return value or ""
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from medflow.fhir.service import FhirService
-from medflow.fhir.stats import CodeCount
+from medflow.fhir.service import CodeCount, FhirService
 from medflow.store.records import ArchiveOverview
 from medflow.store.service import StoreService
 from medflow.web.charts import BarChart, bar_chart
@@ -36,7 +35,7 @@ class Home:
 def _every_year(years: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The years from the first to the last, those without studies at 0 (the last
     :data:`MAX_YEARS`); as they are when a year is not a number."""
-    if not all(y.isdigit() for y, _ in years) or not years:
+    if not all(y.isascii() and y.isdigit() for y, _ in years) or not years:
         return years[-MAX_YEARS:]
     counts = dict(years)
     last = int(years[-1][0])
@@ -76,7 +75,8 @@ def _charts(root: str, archive: ArchiveOverview, diagnoses: list[CodeCount]) -> 
 
 
 def home(store: StoreService, fhir: FhirService, *, root: str) -> Home:
-    """Counts and charts; every number is an aggregate in SQL (cheap however large)."""
+    """Counts and charts; every number is an aggregate in SQL (the router caches the page
+    for a while when counting takes long)."""
     archive = store.overview()
     counts = fhir.type_counts(resource_types=FHIR_TYPES)
     diagnoses = fhir.code_counts(resource_type="Condition", limit=TOP_DIAGNOSES)

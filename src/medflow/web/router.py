@@ -9,6 +9,7 @@ fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -82,13 +83,27 @@ def _page(
     return response
 
 
+HOME_SLOW_SECONDS = 0.25
+"""A home page whose counts took longer than this is cached ..."""
+HOME_CACHE_SECONDS = 30.0
+"""... for this long (small archives are always counted afresh)."""
+
+
 def build_web_router() -> APIRouter:
     router = APIRouter(tags=["Web UI"], include_in_schema=False)
 
     @router.get("/", response_class=HTMLResponse)
     def home_page(request: Request) -> HTMLResponse:
         store, fhir = _services(request)
-        content = home(store, fhir, root=_root(request))
+        root, now = _root(request), time.monotonic()
+        cached = getattr(request.app.state, "web_home", None)
+        if cached is not None and cached[0] == root and now - cached[1] < HOME_CACHE_SECONDS:
+            content = cached[2]
+        else:
+            content = home(store, fhir, root=root)
+            # Counting a large archive takes a while: then the page is reused for a short time.
+            slow = time.monotonic() - now > HOME_SLOW_SECONDS
+            request.app.state.web_home = (root, time.monotonic(), content) if slow else None
         return _page(request, "home.html", {"home": content, "fhir_types": FHIR_TYPES})
 
     @router.get("/studies", response_class=HTMLResponse)

@@ -86,7 +86,7 @@ def _count(value: str | None, default: int, top: int, what: str) -> int:
 
 def _date(value: str, what: str) -> str:
     digits = value.replace("-", "")
-    if len(digits) != 8 or not digits.isdigit():
+    if len(digits) != 8 or not digits.isascii() or not digits.isdigit():
         raise InvalidInput(f"{what} must be a date (YYYY-MM-DD)")
     return digits
 

@@ -69,7 +69,8 @@ def loaded(client: TestClient) -> dict[str, Any]:
     )
     stow(client, [make_instance(study_uid=STUDY_C, patient_name=SCRIPT, patient_id="PAT-3",
                                 study_date="20220620", accession_number="A&B<1>",
-                                modality="CR", study_description=SCRIPT)])  # fmt: skip
+                                modality="CR", study_description=SCRIPT,
+                                SeriesDescription=SCRIPT)])  # fmt: skip
     patient = fhir(client, {"resourceType": "Patient", "name": [{"family": "Doe"}]})
     for code, display in (("233604007", "Pneumonia"), ("233604007", "Pneumonia"),
                           ("195967001", "Asthma")):  # fmt: skip
@@ -273,9 +274,12 @@ def test_names_are_escaped(client: TestClient, loaded: dict[str, Any]) -> None:
     assert "A&amp;B&lt;1&gt;" in html
     listed = page(client, "/studies", AccessionNumber="A&B<1>")
     assert 'value="A&amp;B&lt;1&gt;"' in listed  # the form keeps the value, escaped
-    # JSON in a script element: no "</script>" can end it early
+    # JSON in a script element (the series description is in it): no "</script>" can end it
     data = viewer_data(html)
     assert data["study"] == STUDY_C
+    assert data["series"][0]["description"] == SCRIPT
+    block = html.split('id="viewer-data">', 1)[1].split("</script>", 1)[0]
+    assert "\\u003c/script\\u003e" in block and "</" not in block
 
 
 def test_static_assets(client: TestClient) -> None:
@@ -285,5 +289,26 @@ def test_static_assets(client: TestClient) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
         again = client.get(f"/static/{name}", headers={"If-None-Match": r.headers["etag"]})
         assert again.status_code == 304
-    assert client.get("/static/../router.py").status_code == 404
+    assert client.get("/static/..%2Frouter.py").status_code == 404  # reaches the route
+    assert client.get("/static/..%2F..%2Fbootstrap.py").status_code == 404
     assert client.get("/static/router.py").status_code == 404
+
+
+def test_a_study_without_images_or_alphabetic_name(client: TestClient) -> None:
+    """A structured report alone (no pixel data), no study date or description, and a name
+    with only an ideographic group: the page shows what there is and no viewer."""
+    study = "1.2.826.0.1.7.9"
+    sr = make_instance(study_uid=study, patient_id="PAT-9", patient_name="=山田^太郎",
+                       study_date="", study_description="", modality="SR",
+                       sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11")  # fmt: skip
+    image = ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+             "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation")  # fmt: skip
+    for keyword in image:
+        if keyword in sr:
+            delattr(sr, keyword)
+    stow(client, [sr])
+    html = page(client, f"/studies/{study}")
+    assert "山田, 太郎" in html
+    assert 'id="viewer-data"' not in html  # nothing to view: the viewer's script returns early
+    listed = page(client, "/studies", PatientID="PAT-9")
+    assert study in listed

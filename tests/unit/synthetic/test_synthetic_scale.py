@@ -1,6 +1,6 @@
 """The generator at the sizes later issues need: ≥ 2,000 chest X-rays at ≥ 128 px for training
-(distinct images, every finding represented), and the plan of a 100k-patient hospital
-(metadata-only benchmarks) made lazily and deterministically."""
+(distinct images, every finding represented), and a plan that is the same for a patient
+whatever the hospital's size (a 100k metadata-only hospital is the big run of the same plan)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medflow.synthetic.imaging import chest_xray
-from medflow.synthetic.plan import plan_patient
+from medflow.synthetic.plan import plan_hospital, plan_patient
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,11 @@ def test_two_thousand_chest_xrays_at_128_px() -> None:
     assert all(n >= 50 for n in findings.values()), findings  # enough of each class to train
 
 
-def test_the_plan_of_a_large_hospital_is_lazy_and_stable() -> None:
-    """Patient 99,999 of a 100k hospital is planned without the 99,999 before it, and the same
-    call gives the same plan (a small run is a prefix of a larger one)."""
+def test_a_small_hospital_is_a_prefix_of_a_large_one() -> None:
+    """Patient i is the same in every hospital of the seed, whatever its size: patient 99,999
+    of a 100k hospital is planned alone, and a 300-patient run is the start of a larger one."""
+    assert plan_hospital(7, 300) == plan_hospital(7, 500)[:300]
     last = plan_patient(7, 99_999)
-    assert last == plan_patient(7, 99_999)
-    assert last.mrn.endswith("0099999")
-    uids = {s.study_uid for i in (0, 50_000, 99_999) for s in plan_patient(7, i).studies}
-    assert len(uids) == sum(len(plan_patient(7, i).studies) for i in (0, 50_000, 99_999))
+    assert last == plan_patient(7, 99_999) and last.mrn.endswith("0099999")
+    uids = [s.study_uid for i in (0, 50_000, 99_999) for s in plan_patient(7, i).studies]
+    assert len(uids) == len(set(uids))

@@ -4,7 +4,8 @@
 // and the header's window presets (#viewer-data): no QIDO or metadata request is made here.
 // Windowing and scaling happen on the server; zoom is a CSS transform of the rendered image.
 
-const data = JSON.parse(document.getElementById("viewer-data").textContent);
+const source = document.getElementById("viewer-data"); // absent when no series has images
+const data = source ? JSON.parse(source.textContent) : null;
 const $ = (id) => document.getElementById(id);
 const el = {
   stage: $("viewer-stage"),
@@ -297,7 +298,7 @@ function onPreset() {
 }
 
 function start() {
-  if (!data.series.length) return;
+  if (!data || !data.series.length) return;
   state.viewport = measureViewport();
   for (const card of document.querySelectorAll(".series-card[data-series-uid]")) {
     card.addEventListener("click", () => selectSeries(card.dataset.seriesUid));

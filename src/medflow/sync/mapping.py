@@ -37,6 +37,7 @@ from pydicom.valuerep import DA, PersonName
 
 from medflow.core.errors import InvalidInput
 from medflow.dicom.attributes import is_valid_uid
+from medflow.fhir.identifiers import ACSN, DICOM_UID_SYSTEM, search_token
 
 __all__ = [
     "ACSN",
@@ -55,10 +56,6 @@ __all__ = [
     "study_identifier",
 ]
 
-DICOM_UID_SYSTEM = "urn:dicom:uid"
-"""Identifier system of DICOM UIDs, whose values are ``urn:oid:<uid>`` (R4 imagingstudy.html)."""
-ACSN = ("http://terminology.hl7.org/CodeSystem/v2-0203", "ACSN")
-"""Identifier type of an accession number (HL7 v2 table 0203)."""
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 """The DICOM code system (PS3.16), for modality codes (CID 29 / CID 33)."""
 SNOMED = "http://snomed.info/sct"
@@ -247,13 +244,6 @@ def _started(date: str | None, time: str | None, offset: str | None) -> str | No
 # -- Patient -------------------------------------------------------------------------------------
 
 
-def _search_escape(value: str) -> str:
-    """FHIR search escaping of ``\\ , $ |`` (R4 search.html#escaping)."""
-    for char in ("\\", ",", "$", "|"):
-        value = value.replace(char, "\\" + char)
-    return value
-
-
 @dataclass(frozen=True)
 class PatientKey:
     """How a Patient is found: its identifier ``system`` and ``value`` (the PatientID)."""
@@ -274,8 +264,7 @@ class PatientKey:
 def token_query(param: str, *parts: str) -> str:
     """``param=a|b...`` for a search or ``ifNoneExist``: each part FHIR-search escaped
     (``\\ , $ |``), the whole percent-encoded where a query-string parser would alter it."""
-    token = "|".join(_search_escape(part) for part in parts)
-    return f"{param}=" + quote(token, safe=_QUERY_SAFE)
+    return f"{param}=" + quote(search_token(*parts), safe=_QUERY_SAFE)
 
 
 def patient_key(

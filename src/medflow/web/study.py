@@ -17,6 +17,7 @@ from typing import Any
 from medflow.core.errors import MedflowError, NotFound
 from medflow.dicom.attributes import is_valid_uid
 from medflow.dicom.matching import parse_attribute, parse_match
+from medflow.fhir.identifiers import ACSN, DICOM_UID_SYSTEM, search_token
 from medflow.fhir.service import FhirService
 from medflow.store.query import Query
 from medflow.store.records import InstanceRecord
@@ -26,8 +27,6 @@ from medflow.web.studies import StudyRow, study_row
 
 log = logging.getLogger(__name__)
 
-DICOM_UID_SYSTEM = "urn:dicom:uid"
-ACSN_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203|ACSN"
 MAX_SERIES = 1000
 UIDS_PER_QUERY = 15
 """UIDs in one list key: 15 UIDs of 64 characters fit in the 1,024 a key value may have."""
@@ -189,12 +188,6 @@ def _load_archive(store: StoreService, study_uid: str) -> StudyPage:
     return StudyPage(study_row(found[0]), dj.text(found[0], dj.REFERRING), series)
 
 
-def _token(*parts: str) -> str:
-    """FHIR search token escaping (R4 search §3.1.1.1.4: ``\\``, ``,``, ``$``, ``|``)."""
-    escaped = [p.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$") for p in parts]
-    return "|".join(e.replace("|", "\\|") for e in escaped)
-
-
 def _concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""
@@ -226,7 +219,7 @@ def _reports(fhir: FhirService, accession: str, orders: list[str]) -> list[Repor
     found: dict[str, ReportView] = {}
     searches = [[("based-on", ref)] for ref in orders]
     if accession:
-        searches.insert(0, [("identifier:of-type", f"{ACSN_TYPE}|{_token(accession)}")])
+        searches.insert(0, [("identifier:of-type", search_token(*ACSN, accession))])
     for params in searches:
         for resource in fhir.search_resources(resource_type="DiagnosticReport", params=params):
             report = _report(resource)
@@ -235,7 +228,7 @@ def _reports(fhir: FhirService, accession: str, orders: list[str]) -> list[Repor
 
 
 def _link_fhir(fhir: FhirService, page: StudyPage) -> None:
-    identifier = _token(DICOM_UID_SYSTEM, "urn:oid:" + page.study.study_uid)
+    identifier = search_token(DICOM_UID_SYSTEM, "urn:oid:" + page.study.study_uid)
     try:
         studies = fhir.search_resources(
             resource_type="ImagingStudy", params=[("identifier", identifier)], limit=1

@@ -1,0 +1,1 @@
+"""Cohorts across FHIR and DICOM (issue 7): definitions, evaluation, tracking, outcomes."""

@@ -19,6 +19,7 @@ from medflow.cli.dimse import aet_app, send
 from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.cli.sync import sync_app
+from medflow.cli.views import views_app
 from medflow.core.logging import configure
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(aet_app, name="aet")
 app.add_typer(fhir_app, name="fhir")
 app.add_typer(sync_app, name="sync")
 app.add_typer(demo_app, name="demo")
+app.add_typer(views_app, name="views")
 app.command()(send)
 
 DataDir = Annotated[

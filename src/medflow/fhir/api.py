@@ -31,6 +31,7 @@ from medflow.fhir.service import (
     version_of_etag,
 )
 from medflow.fhir.validation import parse_json_text, validate_json_text
+from medflow.fhir.views_api import add_view_routes
 
 FHIR_JSON = "application/fhir+json"
 TYPE_FILTER_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
@@ -275,6 +276,8 @@ def build_fhir_router() -> APIRouter:
         run = transaction if kind == "transaction" else batch
         result = await run_in_threadpool(lambda: run(fhir, body, base_url=base_url(request)))
         return JSONResponse(result, media_type=FHIR_JSON)
+
+    add_view_routes(router)  # ViewDefinition/$run, before the generic /{type}/{id} routes
 
     @router.get("/$export")
     async def export_system(request: Request) -> Response:

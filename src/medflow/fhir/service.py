@@ -30,6 +30,7 @@ from medflow.db.engine import write_session
 from medflow.fhir import custom_params, stats
 from medflow.fhir import repository as repo
 from medflow.fhir.models import FhirHistory, FhirReference, FhirResource
+from medflow.fhir.search_index import IndexedMatch as IndexedMatch  # returned to callers
 from medflow.fhir.stats import CodeCount as CodeCount  # re-exported for the edges
 from medflow.fhir.validation import Issue, validate
 
@@ -185,6 +186,40 @@ class FhirService:
         plan = parse_query(resource_type, [*params, ("_count", str(limit))], strict=True)
         page = run_search(self.engine, plan, default_total="none")
         return [json.loads(found.content) for found in page.matches]
+
+    def search_index(
+        self,
+        *,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        subject_param: str | None = None,
+        date_param: str | None = None,
+        code_param: str | None = None,
+        code_system: str | None = None,
+        subjects: Collection[str] | None = None,
+        ids: Collection[str] | None = None,
+    ) -> list[IndexedMatch]:
+        """Every match of an R4 search (strict), without loading any resource: its id, the
+        Patient ids of ``subject_param``, the low bounds of ``date_param`` and the
+        (system, code) values of ``code_param`` (of ``code_system``), read from the search
+        index in one statement per 500 ``subjects`` (Patient ids ``subject_param`` must
+        refer to) or ``ids`` (cohorts: who and when, for thousands of matches)."""
+        from medflow.fhir.search_index import index_matches
+
+        return index_matches(
+            self.engine, resource_type, params, subject_param=subject_param,
+            date_param=date_param, code_param=code_param, code_system=code_system,
+            subjects=subjects, ids=ids,
+        )  # fmt: skip
+
+    def codes_with_prefix(
+        self, *, resource_type: str, param: str, system: str, prefixes: Sequence[str]
+    ) -> list[str]:
+        """The distinct indexed codes of ``system`` for a token parameter that start with one
+        of ``prefixes`` (ICD-10 ``C40``: ``C40.20``...), which R4 token search cannot ask."""
+        from medflow.fhir.search_index import codes_with_prefix
+
+        return codes_with_prefix(self.engine, resource_type, param, system, prefixes)
 
     def type_counts(self, *, resource_types: Collection[str]) -> dict[str, int]:
         """Live resources of each type (one grouped count in SQL)."""

@@ -14,10 +14,11 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.engine import Engine
@@ -29,6 +30,7 @@ from medflow.core.events import EventBus, InstancesChanged
 from medflow.core.settings import StoreSettings
 from medflow.db.engine import write_session
 from medflow.dicom.attributes import ParsedInstance, is_valid_uid, read_part10
+from medflow.dicom.matching import Match, MatchType, parse_attribute
 from medflow.store.blobs import BlobStore
 from medflow.store.indexer import (
     Pending,
@@ -39,7 +41,7 @@ from medflow.store.indexer import (
     refresh_counts,
 )
 from medflow.store.models import ChangeFeedEntry, Instance, Series, Study
-from medflow.store.query import Query, QueryResult, execute_query
+from medflow.store.query import Level, Query, QueryResult, execute_query
 from medflow.store.records import (
     ArchiveOverview,
     ChangeEvent,
@@ -205,6 +207,47 @@ class StoreService:
         """Run a study/series/instance query (PS3.18 10.6, PS3.4 C.2.2 matching)."""
         with self.read_session() as session:
             return execute_query(session, query)
+
+    def find_studies(
+        self,
+        *,
+        patient_ids: Collection[str] | None = None,
+        modalities: Sequence[str] = (),
+        body_parts: Sequence[str] = (),
+        date_from: str | None = None,
+        date_to: str | None = None,
+        description_contains: str | None = None,
+        sop_classes: Sequence[str] = (),
+    ) -> list[StudyMatch]:
+        """Every study with a series matching all the given keys (QIDO-RS matching, PS3.4
+        C.2.2.2): Patient ID in ``patient_ids`` (None: any), Modality and Body Part Examined in
+        their lists, Study Date in ``date_from``..``date_to`` (DA, inclusive), Study
+        Description containing the text (case-insensitive), SOP Class UID in ``sop_classes``
+        (then instances are matched). ``instances``: the matching series' (or instances')
+        count. Several queries of at most :data:`FIND_CHUNK` patients, all pages read."""
+        if patient_ids is not None and not patient_ids:
+            return []
+        level: Level = "instance" if sop_classes else "series"
+        common = _study_keys(modalities, body_parts, date_from, date_to, description_contains,
+                             sop_classes)  # fmt: skip
+        ids = sorted(set(patient_ids)) if patient_ids is not None else None
+        chunks = [None] if ids is None else [ids[i : i + FIND_CHUNK]
+                                              for i in range(0, len(ids), FIND_CHUNK)]  # fmt: skip
+        studies: dict[str, StudyMatch] = {}
+        with self.read_session() as session:
+            for chunk in chunks:
+                matches = common if chunk is None else (_list_key("PatientID", chunk), *common)
+                offset = 0
+                while True:
+                    page = execute_query(session, Query(level, matches, limit=FIND_PAGE,
+                                                        offset=offset))  # fmt: skip
+                    for row in page.rows:
+                        _add_study(studies, row, level)
+                    if not page.more:
+                        break
+                    offset += FIND_PAGE
+        return sorted(studies.values(), key=lambda m: (m.patient_id or "", m.study_date or "",
+                                                       m.study_uid))  # fmt: skip
 
     # -- read -------------------------------------------------------------------------------
     def _instance_query(
@@ -467,4 +510,74 @@ class StoreService:
         )
 
 
-__all__ = ["StoreService"]
+FIND_CHUNK = 500
+"""Patient IDs per query of :meth:`StoreService.find_studies`."""
+FIND_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """A study found by :meth:`StoreService.find_studies`, with what matched in it."""
+
+    study_uid: str
+    patient_id: str | None
+    study_date: str | None
+    """DA (``YYYYMMDD``)."""
+    accession_number: str | None
+    description: str | None
+    modalities: tuple[str, ...]
+    """Of the matching series."""
+    body_parts: tuple[str, ...]
+    instances: int
+
+
+def _first(row: dict[str, Any], tag: str) -> Any:
+    values = (row.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+def _list_key(keyword: str, values: Sequence[str]) -> Match:
+    attribute = parse_attribute(keyword)
+    if len(values) == 1:
+        return Match(attribute, MatchType.SINGLE, value=values[0])
+    return Match(attribute, MatchType.LIST, values=tuple(values))
+
+
+def _study_keys(
+    modalities: Sequence[str],
+    body_parts: Sequence[str],
+    date_from: str | None,
+    date_to: str | None,
+    description: str | None,
+    sop_classes: Sequence[str],
+) -> tuple[Match, ...]:
+    keys = [_list_key(k, v) for k, v in (("Modality", modalities), ("BodyPartExamined",
+            body_parts), ("SOPClassUID", sop_classes)) if v]  # fmt: skip
+    if date_from or date_to:
+        keys.append(Match(parse_attribute("StudyDate"), MatchType.RANGE, low=date_from or None,
+                          high=date_to or None))  # fmt: skip
+    if description:
+        text = description.replace("*", "").replace("?", "")
+        keys.append(Match(parse_attribute("StudyDescription"), MatchType.WILDCARD,
+                          value=f"*{text}*"))  # fmt: skip
+    return tuple(keys)
+
+
+def _add_study(studies: dict[str, StudyMatch], row: dict[str, Any], level: str) -> None:
+    """Fold one matching series (or instance) row into its study's match."""
+    uid = str(_first(row, "0020000D"))
+    modality, body_part = _first(row, "00080060"), _first(row, "00180015")
+    count = 1 if level == "instance" else int(_first(row, "00201209") or 0)
+    known = studies.get(uid)
+    if known is None:
+        known = StudyMatch(uid, _first(row, "00100020"), _first(row, "00080020"),
+                           _first(row, "00080050"), _first(row, "00081030"), (), (), 0)  # fmt: skip
+    studies[uid] = replace(
+        known,
+        modalities=tuple(sorted({*known.modalities, *([modality] if modality else [])})),
+        body_parts=tuple(sorted({*known.body_parts, *([body_part] if body_part else [])})),
+        instances=known.instances + count,
+    )
+
+
+__all__ = ["StoreService", "StudyMatch"]

@@ -11,6 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.engine import Engine
 
 from medflow import __version__
+from medflow.cohort.api import build_cohort_router
+from medflow.cohort.service import CohortService
+from medflow.cohort.tracking import CohortTracker
 from medflow.core.events import EventBus, FhirChanged, InstancesChanged
 from medflow.core.settings import Settings
 from medflow.db.engine import create_engine, upgrade
@@ -36,6 +39,7 @@ class Container:
     aes: AeDirectory
     fhir: FhirService
     export: ExportService
+    cohorts: CohortTracker
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
 
@@ -75,12 +79,15 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         aes=aes,
         fhir=fhir,
         export=export,
+        cohorts=CohortTracker(
+            engine=engine, cohorts=CohortService(store=store, fhir=fhir), fhir=fhir
+        ),
     )
 
 
 def create_app(container: Container) -> FastAPI:
-    """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir`` and
-    ``GET /healthz``."""
+    """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir``, tracked
+    cohorts under ``/api/cohorts`` and ``GET /healthz``."""
     app = FastAPI(
         title="medflow",
         version=__version__,
@@ -91,6 +98,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.store = container.store
     app.state.fhir = container.fhir
     app.state.export = container.export
+    app.state.cohorts = container.cohorts
     origins = container.settings.http.cors_origins
     if origins:
         app.add_middleware(
@@ -102,6 +110,7 @@ def create_app(container: Container) -> FastAPI:
         )
     app.include_router(build_router())
     app.include_router(build_fhir_router())
+    app.include_router(build_cohort_router())
     app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from medflow import __version__
 from medflow.cli.cohort import cohort_app
+from medflow.cli.cohort_export import export as cohort_export
 from medflow.cli.common import export_settings, load_settings
 from medflow.cli.demo import demo_app, start_demo_loader
 from medflow.cli.dimse import aet_app, send
@@ -33,6 +34,7 @@ app.add_typer(sync_app, name="sync")
 app.add_typer(demo_app, name="demo")
 app.add_typer(views_app, name="views")
 app.add_typer(cohort_app, name="cohort")
+cohort_app.command("export")(cohort_export)
 app.command()(send)
 
 DataDir = Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Engine
 
+import medflow.cohort.models
 import medflow.fhir.models
 import medflow.store.models
 import medflow.sync.models  # noqa: F401  (registers every context's tables)

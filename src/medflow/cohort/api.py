@@ -1,0 +1,190 @@
+"""The tracked cohorts' REST edge at ``/api/cohorts`` (issue 7), a thin router over
+:class:`~medflow.cohort.tracking.CohortTracker`.
+
+``POST /api/cohorts`` saves a definition (JSON or YAML body, ``?name=`` to name it otherwise),
+``GET /api/cohorts`` lists, ``GET /api/cohorts/{id}`` shows (definition, versions, last run),
+``POST /api/cohorts/{id}/$run`` runs (``as_of``, ``version``), ``GET /api/cohorts/{id}/runs``
+and ``/runs/{run}``, ``GET /api/cohorts/{id}/diff`` (``from``, ``to``), and
+``POST /api/cohorts/$evaluate`` evaluates a definition without saving it. ``{id}`` is a
+cohort's id or name. Errors are RFC 9457 problem details (``application/problem+json``), from
+medflow errors in one table; a definition that does not validate is a 422 whose ``errors``
+give each problem's path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from medflow.cohort.schema import DefinitionError
+from medflow.cohort.tracking import CohortTracker, as_of_date, parse_text
+from medflow.core.errors import (
+    AlreadyExists,
+    InvalidInput,
+    MedflowError,
+    NotFound,
+    PreconditionFailed,
+    StorageFailure,
+    Unsupported,
+)
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: list[tuple[type[MedflowError], int, str]] = [
+    (DefinitionError, 422, "Invalid cohort definition"),
+    (NotFound, 404, "Not found"),
+    (AlreadyExists, 409, "Conflict"),
+    (PreconditionFailed, 412, "Precondition failed"),
+    (InvalidInput, 400, "Bad request"),
+    (Unsupported, 400, "Not supported"),
+]
+"""medflow errors -> HTTP status and problem title (the first that matches)."""
+
+
+def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}  # fmt: skip
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_response(exc: MedflowError) -> JSONResponse:
+    if isinstance(exc, StorageFailure):
+        status = 503 if exc.retryable else 500
+        return problem(status, "Storage failure", exc.message,
+                       headers={"Retry-After": "5"} if status == 503 else None)  # fmt: skip
+    status, title = next(((s, t) for kind, s, t in STATUS if isinstance(exc, kind)),
+                         (500, "Internal error"))  # fmt: skip
+    errors = None
+    if isinstance(exc, DefinitionError):
+        errors = [{"path": path, "message": message} for path, message in exc.errors]
+    return problem(status, title, exc.message, errors)
+
+
+class CohortRoute(APIRoute):
+    """Maps errors to problem details for every cohort endpoint."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except MedflowError as exc:
+                return error_response(exc)
+            except RequestValidationError as exc:
+                errors = [{"path": ".".join(str(p) for p in e.get("loc", ())),
+                           "message": str(e.get("msg"))} for e in exc.errors()]  # fmt: skip
+                detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+                return problem(422, "Invalid request", detail, errors)
+            except Exception:  # the edge wrapper: one request never takes the server down
+                log.exception("unhandled error in %s %s", request.method, self.path)
+                return problem(500, "Internal error", "internal error")
+
+        return handle
+
+
+def tracker(request: Request) -> CohortTracker:
+    cohorts: CohortTracker = request.app.state.cohorts
+    return cohorts
+
+
+Tracker = Annotated[CohortTracker, Depends(tracker)]
+AsOf = Annotated[date | None, Query(description="Evaluate as of this day (ISO date)")]
+
+
+async def _as_of_from_body(request: Request, as_of: date | None) -> date | None:
+    """``as_of`` from the query, or from a JSON body ``{"as_of": "YYYY-MM-DD"}``."""
+    if as_of is not None:
+        return as_of
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidInput('the body must be JSON: {"as_of": "YYYY-MM-DD"}') from None
+    value = body.get("as_of") if isinstance(body, dict) else None
+    return as_of_date(value if isinstance(value, str) else None)
+
+
+def build_cohort_router() -> APIRouter:
+    router = APIRouter(prefix="/api/cohorts", tags=["Cohorts"], route_class=CohortRoute)
+
+    @router.post("", status_code=201)
+    async def save(request: Request, cohorts: Tracker,
+                   name: Annotated[str | None, Query()] = None) -> dict[str, Any]:  # fmt: skip
+        """Save a definition (JSON or YAML): a new cohort, a new version, or the same."""
+        definition = parse_text(await request.body())
+        saved = await run_in_threadpool(lambda: cohorts.save(definition=definition, name=name))
+        return saved.to_dict()
+
+    @router.get("")
+    def list_cohorts(cohorts: Tracker) -> list[dict[str, Any]]:
+        """Every cohort: latest version, number of runs, last run."""
+        return [c.to_dict() for c in cohorts.list_cohorts()]
+
+    @router.post("/$evaluate")
+    async def evaluate(request: Request, cohorts: Tracker, as_of: AsOf = None) -> dict[str, Any]:
+        """Evaluate a definition without saving it: attrition and patients."""
+        definition = parse_text(await request.body())
+        result = await run_in_threadpool(
+            lambda: cohorts.evaluate(definition=definition, as_of=as_of)
+        )
+        return result.to_dict()  # fmt: skip
+
+    @router.get("/{ref}")
+    def show(ref: str, cohorts: Tracker) -> dict[str, Any]:
+        """A cohort: its definition, every version, its last run."""
+        return cohorts.show(ref=ref).to_dict()
+
+    @router.post("/{ref}/$run")
+    async def run(
+        request: Request,
+        ref: str,
+        cohorts: Tracker,
+        as_of: AsOf = None,
+        version: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        """Run the cohort (stored), update its FHIR Group; the result with the changes
+        since the run before."""
+        day = await _as_of_from_body(request, as_of)
+        outcome = await run_in_threadpool(lambda: cohorts.run(ref=ref, as_of=day, version=version))
+        return outcome.to_dict()  # fmt: skip
+
+    @router.get("/{ref}/runs")
+    def runs(ref: str, cohorts: Tracker) -> list[dict[str, Any]]:
+        """The cohort's runs, newest first (without patients)."""
+        return [r.to_dict() for r in cohorts.runs(ref=ref)]
+
+    @router.get("/{ref}/runs/{run_id}")
+    def get_run(ref: str, run_id: int, cohorts: Tracker) -> dict[str, Any]:
+        """One run with its patients and what matched for each."""
+        return cohorts.get_run(ref=ref, run_id=run_id).to_dict()
+
+    @router.get("/{ref}/diff")
+    def diff(
+        ref: str,
+        cohorts: Tracker,
+        from_run: Annotated[int | None, Query(alias="from")] = None,
+        to_run: Annotated[int | None, Query(alias="to")] = None,
+    ) -> dict[str, Any]:
+        """Who entered and who left between two runs (default: the last two)."""
+        return cohorts.diff(ref=ref, from_run=from_run, to_run=to_run).to_dict()
+
+    return router
+
+
+__all__ = ["STATUS", "CohortRoute", "build_cohort_router", "error_response"]

@@ -1,0 +1,109 @@
+"""``medflow cohort export`` as a real process over a data dir holding a small synthetic
+hospital: a zip with the FHIR ndjson, the DICOM files and the manifest; ``--deidentify`` is
+refused until issue 8; an id without cohort tracking is refused."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
+from fastapi.testclient import TestClient
+
+from medflow.bootstrap import build, create_app
+from medflow.core.settings import Settings
+from medflow.synthetic.loader import load
+from medflow.synthetic.writer import generate
+from tests.e2e.test_cli import MEDFLOW, env
+
+pytestmark = pytest.mark.e2e
+DEFINITION = """\
+name: mr-or-ct
+evaluation_date: 2026-11-01
+criteria:
+  - imaging: {modality: [MR, CT]}
+"""
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(MEDFLOW), "cohort", "export", *map(str, args)],
+                          capture_output=True, text=True, env=env(), timeout=300,
+                          check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-export")
+    generate(root / "generated", patients=12, seed=8, size=16, slides=False)
+    container = build(Settings(data_dir=root / "data"))
+    try:
+        with TestClient(create_app(container)) as client:
+            load(root / "generated", url="http://testserver", client=client)
+    finally:
+        container.close()
+    return root / "data"
+
+
+def test_export_to_a_zip(data_dir: Path, tmp_path: Path) -> None:
+    definition = tmp_path / "cohort.yaml"
+    definition.write_text(DEFINITION)
+    out = tmp_path / "export" / "mr-or-ct.zip"
+    done = run(definition, "--out", out, "--data-dir", data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DICOM:" in done.stdout and str(out) in done.stdout.replace("\n", "")
+    assert not out.with_name("mr-or-ct.zip.parts").exists()
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        rows = pq.read_table(io.BytesIO(zf.read("manifest.parquet"))).to_pylist()
+        listed = list(csv.DictReader(io.StringIO(zf.read("manifest.csv").decode())))
+        patients = [json.loads(x) for x in zf.read("fhir/Patient.ndjson").splitlines()]
+        result = json.loads(zf.read("cohort.json"))
+        assert rows and len(rows) == len(listed) == len([n for n in names if n.endswith(".dcm")])
+        for row in rows:
+            data = zf.read(row["path"])
+            assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["size"]
+    assert {p["id"] for p in patients} == {p["id"] for p in result["patients"]}
+    assert {r["patient_id"] for r in rows} == {p["id"] for p in result["patients"]}
+
+    again = run(definition, "--out", out, "--data-dir", data_dir)  # a finished zip: made anew
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_deidentify_waits_for_issue_8(data_dir: Path, tmp_path: Path) -> None:
+    definition = tmp_path / "cohort.yaml"
+    definition.write_text(DEFINITION)
+    done = run(definition, "--out", tmp_path / "out", "--deidentify", "basic",
+               "--data-dir", data_dir)  # fmt: skip
+    assert done.returncode == 2
+    assert "de-identification arrives with issue 8" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_definition_or_unknown_cohort(data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nevaluation_date: 2026-11-01\ncriteria: []\n")
+    done = run(bad, "--out", tmp_path / "out", "--data-dir", data_dir)
+    assert done.returncode == 2 and "not a valid cohort definition" in done.stdout
+    missing = run("no-such-cohort", "--out", tmp_path / "out", "--data-dir", data_dir)
+    assert missing.returncode in (1, 2) and "no-such-cohort" in missing.stdout
+
+
+def test_export_a_saved_cohort_by_name(data_dir: Path, tmp_path: Path) -> None:
+    definition = tmp_path / "cohort.yaml"
+    definition.write_text(DEFINITION)
+    saved = subprocess.run([str(MEDFLOW), "cohort", "save", str(definition), "--data-dir",
+                            str(data_dir)], capture_output=True, text=True, env=env(),
+                           timeout=120, check=False)  # fmt: skip
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    by_file, by_name = tmp_path / "file", tmp_path / "name"
+    assert run(definition, "--out", by_file, "--data-dir", data_dir).returncode == 0
+    done = run("mr-or-ct", "--out", by_name, "--data-dir", data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = "manifest.csv"
+    assert (by_name / manifest).read_bytes() == (by_file / manifest).read_bytes()

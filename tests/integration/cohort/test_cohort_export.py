@@ -1,0 +1,267 @@
+"""Cohort export on a small synthetic hospital loaded through the public APIs (SQLite, and
+PostgreSQL when MEDFLOW_TEST_POSTGRES_URL is set): the ndjson files hold the patients'
+compartments (as ``Patient/$everything`` over REST returns them), the DICOM files are what
+WADO-RS returns with ``transfer-syntax=*``, the manifest lists every file with its SHA-256, and
+an interrupted export finishes on a re-run with the same bytes as an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
+from fastapi.testclient import TestClient
+
+from medflow.bootstrap import Container, build, create_app
+from medflow.cohort.export import (
+    JOURNAL,
+    MANIFEST_COLUMNS,
+    ExportProgress,
+    ExportSummary,
+    Level,
+    export_cohort,
+)
+from medflow.cohort.results import CohortResult
+from medflow.cohort.schema import CohortDefinition, parse_definition
+from medflow.cohort.service import CohortService
+from medflow.core.errors import InvalidInput
+from medflow.core.settings import Settings
+from medflow.synthetic.loader import load
+from medflow.synthetic.writer import generate
+from tests.integration.cohort.test_cohort_differential import _database
+
+pytestmark = pytest.mark.integration
+SEED, PATIENTS = 8, 16
+DEFINITION = parse_definition({
+    "name": "export-test",
+    "evaluation_date": "2026-11-01",
+    "criteria": [{"imaging": {"modality": ["MR", "CT"]}}],
+    "collect": [{"label": "all studies", "imaging": {}}],
+})  # fmt: skip
+DICOM_ANY = "application/dicom; transfer-syntax=*"
+
+
+class Stop(Exception):
+    """Raised from the progress callback to interrupt an export."""
+
+
+@dataclass
+class Hospital:
+    client: TestClient
+    container: Container
+    result: CohortResult
+
+    def export(self, out: Path, **options: Any) -> ExportSummary:
+        c = self.container
+        return export_cohort(self.result, store=c.store, fhir=c.fhir, out=out, **options)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export-hospital")
+    generate(root, patients=PATIENTS, seed=SEED, size=16, slides=False)
+    return root
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hospital(
+    request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hospital]:
+    tmp = tmp_path_factory.mktemp(f"export-{request.param}")
+    for url in _database(request.param, tmp):
+        container = build(Settings(data_dir=tmp / "data", database_url=url))
+        try:
+            with TestClient(create_app(container)) as client:
+                load(generated, url="http://testserver", client=client)
+                cohorts = CohortService(store=container.store, fhir=container.fhir)
+                yield Hospital(client, container, cohorts.evaluate(DEFINITION))
+        finally:
+            container.close()
+
+
+def _everything(client: TestClient, patient_id: str) -> list[dict[str, Any]]:
+    r = client.get(f"/fhir/Patient/{patient_id}/$everything")
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert not [link for link in bundle.get("link", []) if link["relation"] == "next"]
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def _ndjson(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    return {p.stem: [json.loads(line) for line in p.read_text("utf-8").splitlines()]
+            for p in sorted((folder / "fhir").glob("*.ndjson"))}  # fmt: skip
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != JOURNAL}  # fmt: skip
+
+
+def _instances(client: TestClient, study: str) -> list[tuple[str, str]]:
+    """(series, SOP instance) UIDs of a study, by QIDO-RS."""
+    r = client.get(f"/dicomweb/studies/{study}/instances", params={"limit": "10000"})
+    assert r.status_code == 200, r.text
+    return [(i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in r.json()]
+
+
+def _stop_after(files: int) -> Any:
+    def progress(step: ExportProgress) -> None:
+        if step.phase == "dicom" and step.done >= files:
+            raise Stop
+
+    return progress
+
+
+# -- tests ---------------------------------------------------------------------------------------
+def test_cohort_is_a_proper_subset(hospital: Hospital) -> None:
+    patients = hospital.result.patients
+    assert 0 < len(patients) < PATIENTS
+    assert all(p.studies for p in patients)
+
+
+def test_ndjson_holds_the_patients_compartments(hospital: Hospital, tmp_path: Path) -> None:
+    summary = hospital.export(tmp_path / "out")
+    expected: dict[str, dict[str, Any]] = {}
+    for patient in hospital.result.patients:
+        for resource in _everything(hospital.client, patient.patient_id):
+            expected.setdefault(resource["resourceType"], {})[resource["id"]] = resource
+    written = _ndjson(tmp_path / "out")
+    assert set(written) == set(expected)
+    for rtype, resources in written.items():
+        ids = [r["id"] for r in resources]
+        assert len(ids) == len(set(ids)), f"{rtype}: a resource written twice"
+        assert {r["id"]: r for r in resources} == expected[rtype], rtype
+    assert summary.resources == {t: len(v) for t, v in expected.items()}
+    assert len(written["Patient"]) == len(hospital.result.patients)
+
+
+def test_dicom_files_are_what_wado_returns(hospital: Hospital, tmp_path: Path) -> None:
+    summary = hospital.export(tmp_path / "out")
+    expected = {(study, series, sop) for p in hospital.result.patients for study in p.studies
+                for series, sop in _instances(hospital.client, study)}  # fmt: skip
+    files = sorted((tmp_path / "out" / "dicom").rglob("*.dcm"))
+    found = {(f.parent.parent.name, f.parent.name, f.stem) for f in files}
+    assert found == expected
+    assert summary.instances == summary.written == len(expected) and summary.skipped == 0
+    for study, series, sop in sorted(expected)[::7]:
+        url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        r = hospital.client.get(url, headers={"Accept": DICOM_ANY})
+        assert r.status_code == 200, r.text
+        assert (
+            tmp_path / "out" / "dicom" / study / series / f"{sop}.dcm"
+        ).read_bytes() == r.content
+
+
+def test_manifest_lists_every_file(hospital: Hospital, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    hospital.export(out)
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert tuple(rows[0]) == MANIFEST_COLUMNS
+    assert len(rows) == len(list((out / "dicom").rglob("*.dcm")))
+    mrn_of = {p.patient_id: p.mrn for p in hospital.result.patients}
+    for row in rows:
+        data = (out / row["path"]).read_bytes()
+        assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["size"] == len(data)
+        assert row["path"] == (f"dicom/{row['study_uid']}/{row['series_uid']}/"
+                               f"{row['sop_instance_uid']}.dcm")  # fmt: skip
+        assert row["mrn"] == mrn_of[row["patient_id"]] and row["labels"] == []
+    with (out / "manifest.csv").open(encoding="utf-8", newline="") as fp:
+        listed = list(csv.DictReader(fp))
+    assert [(r["sop_instance_uid"], r["sha256"], int(r["size"])) for r in listed] == [
+        (r["sop_instance_uid"], r["sha256"], r["size"]) for r in rows
+    ]
+    assert all(r["labels"] == "" for r in listed)
+
+
+def test_interrupted_export_resumes_to_the_same_files(hospital: Hospital, tmp_path: Path) -> None:
+    hospital.export(tmp_path / "clean")
+    out = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        hospital.export(out, progress=_stop_after(5))
+    journal = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines()]
+    assert [x["kind"] for x in journal] == ["header"] + ["file"] * 6
+    assert journal[1]["path"] == "fhir/" and journal[2]["path"].startswith("dicom/")
+    assert not (out / "manifest.parquet").exists()
+    steps: list[ExportProgress] = []
+    summary = hospital.export(out, progress=steps.append)
+    assert summary.skipped == 5 and summary.written == summary.instances - 5
+    assert [s.skipped for s in steps if s.phase == "dicom"][:6] == [True] * 5 + [False]
+    assert _tree(out) == _tree(tmp_path / "clean")
+    again = hospital.export(out)
+    assert again.written == 0 and again.skipped == summary.instances
+
+
+def test_a_file_left_unjournaled_is_checked_on_disk(hospital: Hospital, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        hospital.export(out, progress=_stop_after(3))
+    lines = (out / JOURNAL).read_text().splitlines()
+    (out / JOURNAL).write_text("\n".join(lines[:-2]) + "\n")  # the last two lines were lost
+    last = json.loads(lines[-1])["path"]
+    (out / last).write_bytes(b"not what the archive holds")
+    summary = hospital.export(out)
+    assert summary.skipped == 2  # two journaled; one on disk with the right hash; one rewritten
+    assert summary.written == summary.instances - 2
+    assert _tree(out) == _tree(_clean(hospital, tmp_path))
+
+
+def _clean(hospital: Hospital, tmp_path: Path) -> Path:
+    hospital.export(tmp_path / "clean")
+    return tmp_path / "clean"
+
+
+def test_zip_resumes_and_is_byte_identical(hospital: Hospital, tmp_path: Path) -> None:
+    hospital.export(tmp_path / "clean.zip")
+    assert not (tmp_path / "clean.zip.parts").exists()
+    out = tmp_path / "resumed.zip"
+    with pytest.raises(Stop):
+        hospital.export(out, progress=_stop_after(4))
+    assert (tmp_path / "resumed.zip.parts" / JOURNAL).exists() and not out.exists()
+    hospital.export(out)
+    assert out.read_bytes() == (tmp_path / "clean.zip").read_bytes()
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        assert zf.testzip() is None
+    assert {"cohort.json", "manifest.parquet", "manifest.csv", "fhir/Patient.ndjson"} <= set(names)
+    assert JOURNAL not in names
+    assert len([n for n in names if n.endswith(".dcm")]) > 4
+
+
+def test_series_level_keeps_the_matching_series(hospital: Hospital, tmp_path: Path) -> None:
+    definition = parse_definition({"name": "mr-series", "evaluation_date": "2026-11-01",
+                                   "criteria": [{"imaging": {"modality": ["MR"]}}]})  # fmt: skip
+    result = CohortService(store=hospital.container.store,
+                           fhir=hospital.container.fhir).evaluate(definition)  # fmt: skip
+    series = _export_series(hospital, result, definition, tmp_path / "series", "series")
+    studies = _export_series(hospital, result, definition, tmp_path / "study", "study")
+    mr = set()
+    for study in {s for p in result.patients for s in p.studies}:
+        r = hospital.client.get(f"/dicomweb/studies/{study}/series", params={"Modality": "MR"})
+        mr |= {row["0020000E"]["Value"][0] for row in r.json()}
+    assert series == mr and mr <= studies
+
+
+def _export_series(
+    hospital: Hospital, result: CohortResult, definition: CohortDefinition, out: Path, level: Level
+) -> set[str]:
+    c = hospital.container
+    export_cohort(result, store=c.store, fhir=c.fhir, out=out, level=level, definition=definition)
+    return {row["series_uid"] for row in pq.read_table(out / "manifest.parquet").to_pylist()}
+
+
+def test_refuses_a_folder_of_something_else(hospital: Hospital, tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="not empty"):
+        hospital.export(tmp_path / "busy")
+    with pytest.raises(Stop):
+        hospital.export(tmp_path / "out", progress=_stop_after(1))
+    with pytest.raises(InvalidInput, match="another cohort result or level"):
+        hospital.export(tmp_path / "out", level="series", definition=DEFINITION)

@@ -5,7 +5,10 @@
 ``GET /api/cohorts`` lists, ``GET /api/cohorts/{id}`` shows (definition, versions, last run),
 ``POST /api/cohorts/{id}/$run`` runs (``as_of``, ``version``), ``GET /api/cohorts/{id}/runs``
 and ``/runs/{run}``, ``GET /api/cohorts/{id}/diff`` (``from``, ``to``), and
-``POST /api/cohorts/$evaluate`` evaluates a definition without saving it. ``{id}`` is a
+``POST /api/cohorts/$evaluate`` evaluates a definition without saving it;
+``GET /api/cohorts/{id}/outcomes`` (``patient``: the index patient, ``as_of``), its
+Kaplan-Meier plot ``GET /api/cohorts/{id}/outcomes.svg`` and ``POST /api/cohorts/$outcomes``
+(an unsaved definition) give treatments x outcomes (:mod:`medflow.cohort.outcomes`). ``{id}`` is a
 cohort's id or name. Errors are RFC 9457 problem details (``application/problem+json``), from
 medflow errors in one table; a definition that does not validate is a 422 whose ``errors``
 give each problem's path.
@@ -25,7 +28,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from medflow.cohort.schema import DefinitionError
+from medflow.cohort.outcomes import OutcomeTable, outcomes
+from medflow.cohort.schema import CohortDefinition, DefinitionError
+from medflow.cohort.survival import km_svg
 from medflow.cohort.tracking import CohortTracker, as_of_date, parse_text
 from medflow.core.errors import (
     AlreadyExists,
@@ -103,6 +108,25 @@ def tracker(request: Request) -> CohortTracker:
 
 Tracker = Annotated[CohortTracker, Depends(tracker)]
 AsOf = Annotated[date | None, Query(description="Evaluate as of this day (ISO date)")]
+IndexPatient = Annotated[
+    str | None, Query(alias="patient", description="The index Patient id (left out)")
+]
+SVG = "image/svg+xml"
+
+
+async def _outcomes(
+    request: Request, definition: CohortDefinition, patient: str | None, as_of: date | None
+) -> OutcomeTable:
+    """Treatments x outcomes of the definition's patients (in a worker thread)."""
+    container = request.app.state.container
+    store, fhir = container.store, container.fhir
+
+    def table() -> OutcomeTable:
+        return outcomes(
+            store=store, fhir=fhir, definition=definition, patient_id=patient, as_of=as_of
+        )
+
+    return await run_in_threadpool(table)
 
 
 async def _as_of_from_body(request: Request, as_of: date | None) -> date | None:
@@ -145,6 +169,14 @@ def build_cohort_router() -> APIRouter:
         )
         return result.to_dict()  # fmt: skip
 
+    @router.post("/$outcomes")
+    async def outcomes_of(
+        request: Request, as_of: AsOf = None, patient: IndexPatient = None
+    ) -> dict[str, Any]:
+        """Treatments x outcomes of an unsaved definition's patients."""
+        definition = parse_text(await request.body())
+        return (await _outcomes(request, definition, patient, as_of)).to_dict()
+
     @router.get("/{ref}")
     def show(ref: str, cohorts: Tracker) -> dict[str, Any]:
         """A cohort: its definition, every version, its last run."""
@@ -184,7 +216,32 @@ def build_cohort_router() -> APIRouter:
         """Who entered and who left between two runs (default: the last two)."""
         return cohorts.diff(ref=ref, from_run=from_run, to_run=to_run).to_dict()
 
+    _outcome_routes(router)
     return router
+
+
+def _outcome_routes(router: APIRouter) -> None:
+    @router.get("/{ref}/outcomes")
+    async def saved_outcomes(
+        request: Request, ref: str, cohorts: Tracker, as_of: AsOf = None,
+        patient: IndexPatient = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Treatments x outcomes of the cohort's patients (its latest version), with
+        Kaplan-Meier overall survival per treatment group."""
+        definition = cohorts.definition(ref=ref)
+        return (await _outcomes(request, definition, patient, as_of)).to_dict()
+
+    @router.get("/{ref}/outcomes.svg", response_class=Response,
+                responses={200: {"content": {SVG: {}}}})  # fmt: skip
+    async def saved_outcomes_svg(
+        request: Request, ref: str, cohorts: Tracker, as_of: AsOf = None,
+        patient: IndexPatient = None,
+    ) -> Response:  # fmt: skip
+        """The Kaplan-Meier overall survival curves per treatment group, as SVG."""
+        definition = cohorts.definition(ref=ref)
+        table = await _outcomes(request, definition, patient, as_of)
+        svg = km_svg(table.curves, title=f"Overall survival: {table.name}")
+        return Response(svg, media_type=SVG, headers={"Cache-Control": "no-store"})
 
 
 __all__ = ["STATUS", "CohortRoute", "build_cohort_router", "error_response"]

@@ -1,7 +1,9 @@
 """The web UI edge: HTML pages rendered with Jinja2 (autoescaped) and their static assets.
 
 ``/`` the home page (counts and charts), ``/studies`` the study list, ``/studies/{uid}`` a
-study with its series and an image viewer, ``/static/{name}`` the CSS and JS. The pages call
+study with its series and an image viewer, ``/cohorts``, ``/cohorts/new`` and
+``/cohorts/{id}`` the cohort list, builder and a saved cohort (:mod:`medflow.web.cohorts`),
+``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
 fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
 """
@@ -24,6 +26,7 @@ from medflow import __version__
 from medflow.core.errors import NotFound
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
+from medflow.web.cohorts import builder_context, cohort_page
 from medflow.web.home import FHIR_TYPES, home
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
@@ -32,6 +35,7 @@ STATIC_TYPES = {
     "medflow.css": "text/css; charset=utf-8",
     "medflow.js": "text/javascript; charset=utf-8",
     "viewer.js": "text/javascript; charset=utf-8",
+    "cohorts.js": "text/javascript; charset=utf-8",
 }
 """The static files served (no other name is looked up)."""
 
@@ -122,6 +126,8 @@ def build_web_router() -> APIRouter:
             return _page(request, "not_found.html", {"what": "study"}, status_code=404)
         return _page(request, "study.html", {"page": page, "viewer": page.viewer(_root(request))})
 
+    _cohort_pages(router)
+
     @router.get("/static/{name}")
     def static(request: Request, name: str) -> Response:
         media_type = STATIC_TYPES.get(name)
@@ -134,6 +140,28 @@ def build_web_router() -> APIRouter:
         return Response(asset.body, media_type=media_type, headers=headers)
 
     return router
+
+
+def _cohort_pages(router: APIRouter) -> None:
+    @router.get("/cohorts", response_class=HTMLResponse)
+    def cohorts_page(request: Request) -> HTMLResponse:
+        cohorts = request.app.state.container.cohorts.list_cohorts()
+        return _page(request, "cohorts.html", {"active": "cohorts", "cohorts": cohorts})
+
+    @router.get("/cohorts/new", response_class=HTMLResponse)
+    def new_cohort(request: Request) -> HTMLResponse:
+        return _page(request, "cohort.html", {"active": "cohorts", "page": None,
+                                              **builder_context()})  # fmt: skip
+
+    @router.get("/cohorts/{ref}", response_class=HTMLResponse)
+    def cohort(request: Request, ref: str) -> HTMLResponse:
+        store, fhir = _services(request)
+        try:
+            page = cohort_page(request.app.state.container.cohorts, store, fhir, ref)
+        except NotFound:
+            return _page(request, "not_found.html", {"what": "cohort"}, status_code=404)
+        return _page(request, "cohort.html", {"active": "cohorts", "page": page,
+                                              **builder_context()})  # fmt: skip
 
 
 __all__ = ["build_web_router"]

@@ -4,6 +4,7 @@ in process (TestClient) and as a real server on a free port (``live_server``).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -38,10 +39,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'index.sqlite3'}"
+def database_url(kind: str, tmp: Path) -> Iterator[str]:
+    """One database URL of ``kind``: a SQLite file in ``tmp``, or a fresh PostgreSQL database
+    (created on ``MEDFLOW_TEST_POSTGRES_URL``'s server, dropped afterwards) — a generator, so a
+    fixture yields from it and cleans up after its test or module."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'index.sqlite3'}"
         return
     need_peer(bool(PG_URL), "MEDFLOW_TEST_POSTGRES_URL is not set")
     assert PG_URL
@@ -57,6 +60,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@contextlib.contextmanager
+def loaded_hospital(folder: Path, kind: str, tmp: Path) -> Iterator[tuple[Container, TestClient]]:
+    """A container on a ``kind`` database with the synthetic hospital written in ``folder``
+    loaded through its public APIs (FHIR Bundles, then STOW-RS), and a client of its app."""
+    from medflow.synthetic.loader import load
+
+    for url in database_url(kind, tmp):
+        container = build(Settings(data_dir=tmp / "data", database_url=url))
+        try:
+            with TestClient(create_app(container)) as client:
+                load(folder, url="http://testserver", client=client)
+                yield container, client
+        finally:
+            container.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from database_url(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ POST /fhir, STOW-RS), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -13,17 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from medflow.bootstrap import Container, build, create_app
 from medflow.cohort.results import CohortResult
 from medflow.cohort.schema import load_definition, parse_definition, shift
 from medflow.cohort.service import CohortService
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
-from tests.conftest import PG_URL, need_peer
+from tests.conftest import loaded_hospital
 
 pytestmark = pytest.mark.integration
 SEED, PATIENTS = 8, 80
@@ -49,42 +44,17 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _database(kind: str, tmp: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'index.sqlite3'}"
-        return
-    need_peer(bool(PG_URL), "MEDFLOW_TEST_POSTGRES_URL is not set")
-    assert PG_URL
-    name = f"medflow_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                             isolation_level="AUTOCOMMIT")  # fmt: skip
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_URL.rpartition('/')[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def hospital(
     request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hospital]:
     tmp = tmp_path_factory.mktemp(f"cohort-{request.param}")
-    for url in _database(request.param, tmp):
-        container: Container = build(Settings(data_dir=tmp / "data", database_url=url))
-        try:
-            with TestClient(create_app(container)) as client:
-                load(generated, url="http://testserver", client=client)
-                patients = fhir_all(client, "Patient", [])
-                mrn_of = {p["id"]: next(i["value"] for i in p["identifier"] if i["system"] == MRN)
-                          for p in patients}  # fmt: skip
-                yield Hospital(client, CohortService(store=container.store, fhir=container.fhir),
-                               mrn_of)  # fmt: skip
-        finally:
-            container.close()
+    with loaded_hospital(generated, request.param, tmp) as (container, client):
+        patients = fhir_all(client, "Patient", [])
+        mrn_of = {p["id"]: next(i["value"] for i in p["identifier"] if i["system"] == MRN)
+                  for p in patients}  # fmt: skip
+        yield Hospital(client, CohortService(store=container.store, fhir=container.fhir),
+                       mrn_of)  # fmt: skip
 
 
 # -- the same questions over REST --------------------------------------------------------------

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 from fastapi.testclient import TestClient
 
-from medflow.bootstrap import Container, build, create_app
+from medflow.bootstrap import Container
 from medflow.cohort.export import (
     JOURNAL,
     MANIFEST_COLUMNS,
@@ -32,10 +32,8 @@ from medflow.cohort.results import CohortResult
 from medflow.cohort.schema import CohortDefinition, parse_definition
 from medflow.cohort.service import CohortService
 from medflow.core.errors import InvalidInput
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
-from tests.integration.cohort.test_cohort_differential import _database
+from tests.conftest import loaded_hospital
 
 pytestmark = pytest.mark.integration
 SEED, PATIENTS = 8, 16
@@ -75,15 +73,9 @@ def hospital(
     request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hospital]:
     tmp = tmp_path_factory.mktemp(f"export-{request.param}")
-    for url in _database(request.param, tmp):
-        container = build(Settings(data_dir=tmp / "data", database_url=url))
-        try:
-            with TestClient(create_app(container)) as client:
-                load(generated, url="http://testserver", client=client)
-                cohorts = CohortService(store=container.store, fhir=container.fhir)
-                yield Hospital(client, container, cohorts.evaluate(DEFINITION))
-        finally:
-            container.close()
+    with loaded_hospital(generated, request.param, tmp) as (container, client):
+        cohorts = CohortService(store=container.store, fhir=container.fhir)
+        yield Hospital(client, container, cohorts.evaluate(DEFINITION))
 
 
 def _everything(client: TestClient, patient_id: str) -> list[dict[str, Any]]:

@@ -16,16 +16,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from medflow.bootstrap import Container, build, create_app
+from medflow.bootstrap import Container
 from medflow.cohort.outcomes import OutcomeTable, outcomes, similar_definition
 from medflow.cohort.schema import load_definition
 from medflow.cohort.service import CohortService
 from medflow.cohort.survival import km_svg
 from medflow.core.errors import InvalidInput, NotFound
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
-from tests.integration.cohort.test_cohort_differential import _database, fhir_all
+from tests.conftest import loaded_hospital
+from tests.integration.cohort.test_cohort_differential import fhir_all
 
 pytestmark = pytest.mark.integration
 SEED, PATIENTS = 11, 80  # seed 11: 22 cancers, 6 of them fatal
@@ -59,14 +58,8 @@ def hospital(
     request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hospital]:
     tmp = tmp_path_factory.mktemp(f"outcomes-{request.param}")
-    for url in _database(request.param, tmp):
-        container = build(Settings(data_dir=tmp / "data", database_url=url))
-        try:
-            with TestClient(create_app(container)) as client:
-                load(generated, url="http://testserver", client=client)
-                yield Hospital(client, container)
-        finally:
-            container.close()
+    with loaded_hospital(generated, request.param, tmp) as (container, client):
+        yield Hospital(client, container)
 
 
 def run(h: Hospital, **kw: Any) -> OutcomeTable:

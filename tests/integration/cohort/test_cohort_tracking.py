@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from medflow.bootstrap import Container, build, create_app
+from medflow.bootstrap import Container
 from medflow.cohort.schema import DefinitionError, parse_definition
 from medflow.cohort.tracking import COHORT_SYSTEM, CohortTracker
 from medflow.core.errors import NotFound
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
-from tests.conftest import PG_URL, need_peer
+from tests.conftest import loaded_hospital
 
 pytestmark = pytest.mark.integration
 MRN = "urn:medflow:mrn"
@@ -59,38 +56,13 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _database(kind: str, tmp: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'index.sqlite3'}"
-        return
-    need_peer(bool(PG_URL), "MEDFLOW_TEST_POSTGRES_URL is not set")
-    assert PG_URL
-    name = f"medflow_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                             isolation_level="AUTOCOMMIT")  # fmt: skip
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_URL.rpartition('/')[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def hospital(
     request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hospital]:
     tmp = tmp_path_factory.mktemp(f"tracking-{request.param}")
-    for url in _database(request.param, tmp):
-        container = build(Settings(data_dir=tmp / "data", database_url=url))
-        try:
-            with TestClient(create_app(container)) as client:
-                load(generated, url="http://testserver", client=client)
-                yield Hospital(client, container)
-        finally:
-            container.close()
+    with loaded_hospital(generated, request.param, tmp) as (container, client):
+        yield Hospital(client, container)
 
 
 def definition(name: str, **changes: Any) -> Any:

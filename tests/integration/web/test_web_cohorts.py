@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from medflow.bootstrap import build, create_app
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
-from tests.integration.cohort.test_cohort_differential import _database, fhir_all
+from tests.conftest import loaded_hospital
+from tests.integration.cohort.test_cohort_differential import fhir_all
 
 pytestmark = pytest.mark.integration
 SEED, PATIENTS = 11, 30
@@ -40,14 +38,8 @@ def client(
     request: pytest.FixtureRequest, generated: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp(f"web-cohorts-{request.param}")
-    for url in _database(request.param, tmp):
-        container = build(Settings(data_dir=tmp / "data", database_url=url))
-        try:
-            with TestClient(create_app(container)) as c:
-                load(generated, url="http://testserver", client=c)
-                yield c
-        finally:
-            container.close()
+    with loaded_hospital(generated, request.param, tmp) as (_, c):
+        yield c
 
 
 def cancer_patients(c: TestClient, prefix: str) -> set[str]:

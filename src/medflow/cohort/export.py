@@ -140,6 +140,8 @@ def export_cohort(
         raise InvalidInput("a series-level export needs the cohort definition")
     archive = out if out.suffix.lower() == ".zip" else None
     folder = out.with_name(out.name + ".parts") if archive else out
+    if archive is not None and archive.exists() and not (folder / JOURNAL).exists():
+        raise InvalidInput(f"{archive} exists already: choose another output")
     run = _Export(result, store, fhir, folder, progress or (lambda _: None))
     run.open_journal(level)
     try:
@@ -185,13 +187,15 @@ class _Export:
         header = {"kind": "header", "level": level, "fingerprint": _fingerprint(self.result)}
         path = self.folder / JOURNAL
         if path.exists():
-            lines = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+            lines = _journal_lines(path)
             if not lines or {k: lines[0].get(k) for k in header} != header:
                 raise InvalidInput(f"{self.folder} holds the export of another cohort result "
                                    "or level: choose another output")  # fmt: skip
             self.done = {x["path"]: x for x in lines[1:] if x.get("kind") == "file"}
             self.journal = path.open("a", encoding="utf-8")
             return
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InvalidInput(f"{self.folder} is a file, not a folder: choose another output")
         if self.folder.exists() and any(self.folder.iterdir()):
             raise InvalidInput(f"{self.folder} is not empty and holds no medflow export")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -431,6 +435,20 @@ def write_zip(
                 shutil.copyfileobj(src, dst, 1 << 20)
             progress(ExportProgress("zip", i, len(files), name))
     partial.replace(archive)
+
+
+def _journal_lines(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries; a last line cut off by a crash mid-write is dropped (that file
+    is simply exported again)."""
+    lines: list[dict[str, Any]] = []
+    for text in path.read_text("utf-8").splitlines():
+        try:
+            entry = json.loads(text) if text.strip() else None
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            lines.append(entry)
+    return lines
 
 
 def _files(folder: Path) -> Iterator[Path]:

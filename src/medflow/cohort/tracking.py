@@ -227,7 +227,7 @@ class CohortTracker:
         if name is not None:
             data = canonical(parse_definition({**data, "name": name}))
         cohort_name = str(data["name"])
-        if cohort_name.isdigit():
+        if cohort_name.isascii() and cohort_name.isdigit():
             raise DefinitionError([("name", "a cohort name must not be only digits (an id)")])
         digest = _digest(data)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -267,7 +267,7 @@ class CohortTracker:
     def _cohort(s: Session, ref: int | str) -> Cohort:
         """A cohort by id (an int or digits) or by name."""
         text = str(ref).strip()
-        where = Cohort.id == int(text) if text.isdigit() else Cohort.name == text
+        where = Cohort.id == int(text) if _is_id(text) else Cohort.name == text
         cohort = s.scalar(select(Cohort).where(where))
         if cohort is None:
             raise NotFound(f"no cohort {text!r}")
@@ -437,3 +437,8 @@ __all__ = [
     "group_resource",
     "parse_text",
 ]
+
+
+def _is_id(text: str) -> bool:
+    """A cohort id: ASCII digits that fit a 64-bit integer (else the text is a name)."""
+    return text.isascii() and text.isdigit() and len(text) < 19

@@ -257,3 +257,24 @@ def test_refuses_a_folder_of_something_else(hospital: Hospital, tmp_path: Path) 
         hospital.export(tmp_path / "out", progress=_stop_after(1))
     with pytest.raises(InvalidInput, match="another cohort result or level"):
         hospital.export(tmp_path / "out", level="series", definition=DEFINITION)
+
+
+def test_a_journal_line_cut_by_a_crash_is_ignored(hospital: Hospital, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        hospital.export(out, progress=_stop_after(3))
+    text = (out / JOURNAL).read_text()
+    (out / JOURNAL).write_text(text.rstrip("\n")[:-7])  # the last line ends mid-write
+    hospital.export(out)
+    assert _tree(out) == _tree(_clean(hospital, tmp_path))
+
+
+def test_refuses_to_overwrite_a_file(hospital: Hospital, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.zip"
+    mine.write_bytes(b"someone's archive")
+    with pytest.raises(InvalidInput, match="exists already"):
+        hospital.export(mine)
+    assert mine.read_bytes() == b"someone's archive"
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(InvalidInput, match="is a file"):
+        hospital.export(tmp_path / "notes")

@@ -287,6 +287,8 @@ def test_api_errors(hospital: Hospital) -> None:
     problem(client.post("/api/cohorts", json=PNEUMONIA, params={"name": "42"}), 422)
     problem(client.get("/api/cohorts/no-such-cohort"), 404)
     problem(client.get("/api/cohorts/999999"), 404)
+    problem(client.get("/api/cohorts/²"), 404)  # not an id: looked up (and not found) by name
+    problem(client.get("/api/cohorts/" + "9" * 25), 404)  # beyond a 64-bit id: a name
     problem(client.post("/api/cohorts/999999/$run"), 404)
     cid = client.post("/api/cohorts", json={**PNEUMONIA, "name": "api-errors"}).json()["id"]
     problem(client.get(f"/api/cohorts/{cid}/diff"), 404)  # no run yet

@@ -140,8 +140,9 @@ def export_cohort(
         raise InvalidInput("a series-level export needs the cohort definition")
     archive = out if out.suffix.lower() == ".zip" else None
     folder = out.with_name(out.name + ".parts") if archive else out
-    if archive is not None and archive.exists() and not (folder / JOURNAL).exists():
-        raise InvalidInput(f"{archive} exists already: choose another output")
+    if archive is not None and archive.exists() and not _ours(archive, folder):
+        raise InvalidInput(f"{archive} exists already and is no medflow export: choose another "
+                           "output")  # fmt: skip
     run = _Export(result, store, fhir, folder, progress or (lambda _: None))
     run.open_journal(level)
     try:
@@ -435,6 +436,18 @@ def write_zip(
                 shutil.copyfileobj(src, dst, 1 << 20)
             progress(ExportProgress("zip", i, len(files), name))
     partial.replace(archive)
+
+
+def _ours(archive: Path, folder: Path) -> bool:
+    """Whether an existing ``archive`` may be replaced: an export in progress for it, or a
+    zip an earlier export wrote (it holds ``cohort.json`` and ``manifest.csv``)."""
+    if (folder / JOURNAL).exists():
+        return True
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return {"cohort.json", "manifest.csv"} <= set(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _journal_lines(path: Path) -> list[dict[str, Any]]:

@@ -272,7 +272,7 @@ def test_a_journal_line_cut_by_a_crash_is_ignored(hospital: Hospital, tmp_path: 
 def test_refuses_to_overwrite_a_file(hospital: Hospital, tmp_path: Path) -> None:
     mine = tmp_path / "mine.zip"
     mine.write_bytes(b"someone's archive")
-    with pytest.raises(InvalidInput, match="exists already"):
+    with pytest.raises(InvalidInput, match="exists already and is no medflow export"):
         hospital.export(mine)
     assert mine.read_bytes() == b"someone's archive"
     (tmp_path / "notes").write_text("mine")

@@ -78,6 +78,20 @@ def loaded_hospital(folder: Path, kind: str, tmp: Path) -> Iterator[tuple[Contai
             container.close()
 
 
+def load_data_dir(folder: Path, data_dir: Path) -> Path:
+    """``data_dir`` (the embedded default, as the CLI opens it with ``--data-dir``) with the
+    synthetic hospital written in ``folder`` loaded through the public APIs."""
+    from medflow.synthetic.loader import load
+
+    container = build(Settings(data_dir=data_dir))
+    try:
+        with TestClient(create_app(container)) as client:
+            load(folder, url="http://testserver", client=client)
+    finally:
+        container.close()
+    return data_dir
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from database_url(request.param, tmp_path)

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from medflow.bootstrap import build, create_app
+from medflow.bootstrap import build
 from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
+from tests.conftest import load_data_dir
 from tests.e2e.test_cli import medflow
 
 pytestmark = pytest.mark.e2e
@@ -31,13 +30,7 @@ criteria:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli-cohort")
     generate(root / "hospital", patients=12, seed=3, size=16, slides=False)
-    container = build(Settings(data_dir=root / "data"))
-    try:
-        with TestClient(create_app(container)) as client:
-            load(root / "hospital", url="http://testserver", client=client)
-    finally:
-        container.close()
-    return root / "data"
+    return load_data_dir(root / "hospital", root / "data")
 
 
 def add_pneumonia_patient(data_dir: Path, mrn: str) -> str:

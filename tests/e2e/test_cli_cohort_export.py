@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
-from fastapi.testclient import TestClient
 
-from medflow.bootstrap import build, create_app
-from medflow.core.settings import Settings
-from medflow.synthetic.loader import load
 from medflow.synthetic.writer import generate
+from tests.conftest import load_data_dir
 from tests.e2e.test_cli import MEDFLOW, env
 
 pytestmark = pytest.mark.e2e
@@ -41,13 +38,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli-export")
     generate(root / "generated", patients=12, seed=8, size=16, slides=False)
-    container = build(Settings(data_dir=root / "data"))
-    try:
-        with TestClient(create_app(container)) as client:
-            load(root / "generated", url="http://testserver", client=client)
-    finally:
-        container.close()
-    return root / "data"
+    return load_data_dir(root / "generated", root / "data")
 
 
 def test_export_to_a_zip(data_dir: Path, tmp_path: Path) -> None:

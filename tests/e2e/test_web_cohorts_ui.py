@@ -83,6 +83,18 @@ def test_build_save_and_open(hospital: Hospital, page: tuple[Any, Watch]) -> Non
     assert tab.locator("#attrition tbody tr").count() == 3  # all patients, age, diagnosis
     tab.wait_for_function(KM_LOADED)
     assert tab.locator("#outcomes-table tbody tr").count() >= 1
+    saved_url = tab.url
+
+    # edit it back in the builder: the form the server fills makes the same count in the
+    # browser, and saving the unchanged form keeps the cohort (no new version)
+    tab.click("#edit-cohort")
+    tab.wait_for_url(re.compile(r".*/cohorts/new\?from=\d+$"))
+    assert tab.input_value('input[name="condition_prefixes"]') == prefix
+    tab.wait_for_function("() => document.querySelectorAll('#attrition tbody tr').length === 3")
+    assert int(tab.inner_text("#cohort-count")) == adults
+    tab.click("#save-cohort")
+    tab.wait_for_url(saved_url)
+    assert "Version 1 " in tab.inner_text("p.summary")
 
     tab.locator("a.study-link").first.click()
     tab.wait_for_url("**/studies/*.*")

@@ -61,6 +61,11 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                         "name": "export",
                         "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
                     },
+                    {
+                        # SQL-on-FHIR v2: POST|GET [base]/ViewDefinition/$run (views_api.py)
+                        "name": "run",
+                        "definition": "http://sql-on-fhir.org/OperationDefinition/$run",
+                    },
                 ],
             }
         ],

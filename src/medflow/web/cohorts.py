@@ -3,20 +3,24 @@
 edited, through ``POST /api/cohorts/$evaluate``, and saves it), ``/cohorts/{id}`` a saved
 cohort: its definition, the attrition and patients of its last run (evaluated afresh when it
 has not run yet) with links to their studies, and its outcomes (treatments x outcomes and the
-Kaplan-Meier plot, ``/api/cohorts/{id}/outcomes.svg``)."""
+Kaplan-Meier plot, drawn from the same table, inline), and ``/cohorts/new?from=ID`` the builder
+showing a saved cohort to edit into a new version (:mod:`medflow.web.cohort_form`)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from medflow.cohort.outcomes import STATUSES, OutcomeTable, outcomes
+from medflow.cohort.survival import km_svg
 from medflow.cohort.tracking import CohortInfo, CohortTracker
 from medflow.core.errors import MedflowError
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
+from medflow.web.cohort_form import FIELDS, form_fields
 
 PATIENT_ROWS = 500
 """At most this many patients are listed on a cohort page."""
@@ -46,6 +50,8 @@ class CohortPage:
     total: int
     outcomes: OutcomeTable | None
     outcomes_error: str | None
+    km_plot: str | None = None
+    """The Kaplan-Meier plot of ``outcomes`` as a ``data:`` URI (SVG)."""
     statuses: tuple[str, ...] = STATUSES
 
 
@@ -73,11 +79,14 @@ def cohort_page(
         source = "evaluated now (the cohort has not run yet)"
         attrition, patients = result["attrition"], result["patients"]
         day = definition.evaluation_date
-    table, error = None, None
+    table, error, plot = None, None, None
     try:
         table = outcomes(store=store, fhir=fhir, definition=definition, as_of=day)
     except MedflowError as exc:  # the page still shows the cohort without its outcomes
         error = exc.message
+    else:  # the table's curves, so the outcomes are computed once for the page
+        svg = km_svg(table.curves, title=f"Overall survival: {table.name}")
+        plot = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode("ascii")
     shown = definition.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     return CohortPage(
         info=info,
@@ -89,13 +98,23 @@ def cohort_page(
         total=len(patients),
         outcomes=table,
         outcomes_error=error,
+        km_plot=plot,
     )
 
 
 def builder_context() -> dict[str, Any]:
     """What the builder form offers."""
     return {"systems": SYSTEM_CHOICES, "genders": GENDERS, "modalities": MODALITIES,
-            "today": date.today().isoformat()}  # fmt: skip
+            "today": date.today().isoformat(), "editing": None, "fields": None,
+            "edit_refused": None, "blank": dict.fromkeys(FIELDS, "")}  # fmt: skip
 
 
-__all__ = ["CohortPage", "PatientRow", "builder_context", "cohort_page"]
+def edit_context(tracker: CohortTracker, ref: str) -> dict[str, Any]:
+    """The builder's context for editing a saved cohort's latest version (``NotFound``):
+    ``fields`` to show, or ``edit_refused`` saying why the form cannot show it."""
+    info = tracker.show(ref=ref)
+    fields, why = form_fields(tracker.definition(ref=info.id))
+    return {"editing": info, "fields": fields, "edit_refused": why}
+
+
+__all__ = ["CohortPage", "PatientRow", "builder_context", "cohort_page", "edit_context"]

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
@@ -26,7 +26,7 @@ from medflow import __version__
 from medflow.core.errors import NotFound
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
-from medflow.web.cohorts import builder_context, cohort_page
+from medflow.web.cohorts import builder_context, cohort_page, edit_context
 from medflow.web.home import FHIR_TYPES, home
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
@@ -149,9 +149,17 @@ def _cohort_pages(router: APIRouter) -> None:
         return _page(request, "cohorts.html", {"active": "cohorts", "cohorts": cohorts})
 
     @router.get("/cohorts/new", response_class=HTMLResponse)
-    def new_cohort(request: Request) -> HTMLResponse:
-        return _page(request, "cohort.html", {"active": "cohorts", "page": None,
-                                              **builder_context()})  # fmt: skip
+    def new_cohort(
+        request: Request, source: Annotated[str | None, Query(alias="from")] = None
+    ) -> HTMLResponse:
+        """The builder; ``?from=ID`` shows a saved cohort's latest version in it."""
+        context: dict[str, Any] = {"active": "cohorts", "page": None, **builder_context()}
+        if source is not None:
+            try:
+                context.update(edit_context(request.app.state.container.cohorts, source))
+            except NotFound:
+                return _page(request, "not_found.html", {"what": "cohort"}, status_code=404)
+        return _page(request, "cohort.html", context)
 
     @router.get("/cohorts/{ref}", response_class=HTMLResponse)
     def cohort(request: Request, ref: str) -> HTMLResponse:

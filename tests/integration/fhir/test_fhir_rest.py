@@ -141,6 +141,16 @@ def test_capability_statement(client: TestClient) -> None:
     types = {r["type"] for r in cs["rest"][0]["resource"]}
     assert {"Patient", "ImagingStudy", "DiagnosticReport", "Endpoint"} <= types
     assert len(types) >= 145
+    operations = {o["name"]: o["definition"] for o in cs["rest"][0]["operation"]}
+    assert operations["run"] == "http://sql-on-fhir.org/OperationDefinition/$run"
+    view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "id", "path": "id"}]}]}  # fmt: skip
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "viewResource", "resource": view},
+        {"name": "resource", "resource": patient(id="p1")},
+        {"name": "_format", "valueCode": "json"}]}  # fmt: skip
+    ran = client.post("/fhir/ViewDefinition/$run", json=body, headers=JSON)
+    assert ran.status_code == 200 and ran.json() == [{"id": "p1"}]  # the listed operation runs
 
 
 def test_changes_cursor(client: TestClient, container: Any) -> None:

@@ -5,6 +5,7 @@ Kaplan-Meier SVG, problem details for bad input, and HTML escaping of a cohort's
 
 from __future__ import annotations
 
+import base64
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -142,7 +143,12 @@ def test_saved_cohort_page(client: TestClient, saved: int) -> None:
         for uid in patient["studies"]:
             assert f'href="/studies/{uid}"' in page
     assert any(p["studies"] for p in run["patients"])  # "open the studies"
-    assert f'src="/api/cohorts/{saved}/outcomes.svg"' in page
+    plot = re.search(r'id="km-plot"[^>]*src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+    assert plot is not None  # the plot of the page's own table, not a second computation
+    drawn = ET.fromstring(base64.b64decode(plot.group(1)))
+    served = ET.fromstring(client.get(f"/api/cohorts/{saved}/outcomes.svg").text)
+    assert ET.tostring(drawn) == ET.tostring(served)
+    assert f'href="/cohorts/new?from={saved}"' in page
     table = client.get(f"/api/cohorts/{saved}/outcomes").json()
     for row in table["rows"]:
         assert f'<td>{row["group"]}</td><td class="num">{row["n"]}</td>' in page
@@ -157,3 +163,31 @@ def test_unrun_cohort_page_evaluates(client: TestClient) -> None:
     assert r.status_code == 200 and "evaluated now" in r.text
     expected = client.post("/api/cohorts/$evaluate", json=body).json()
     assert f'data-count="patients">{len(expected["patients"])}<' in r.text
+
+
+def test_edit_saved_cohort_in_builder(client: TestClient, saved: int) -> None:
+    """``/cohorts/new?from=ID`` shows the saved definition in the form; what the form sends
+    back (the builder's own definition) saves as the next version with the same criteria."""
+    page = client.get("/cohorts/new", params={"from": saved})
+    assert page.status_code == 200, page.text
+    assert 'id="edit-note"' in page.text and "version 2" in page.text
+    assert 'name="age_min" min="0" max="150" size="4" value="18"' in page.text
+    assert 'name="condition_prefixes" placeholder="C34, C40" value="C"' in page.text
+    assert '<option value="icd10" selected>' in page.text
+    assert f'value="{AS_OF}"' in page.text
+    assert "cancer &lt;b&gt;&amp;&lt;/b&gt; adults" in page.text  # escaped in the name field
+    before = client.get(f"/api/cohorts/{saved}").json()["version"]
+    again = client.post("/api/cohorts", json=definition())  # the same criteria: no new version
+    assert again.status_code in (200, 201) and client.get(f"/api/cohorts/{saved}").json()[
+        "version"] == before  # fmt: skip
+    assert client.get("/cohorts/new", params={"from": "no-such-cohort"}).status_code == 404
+
+
+def test_edit_refused_when_the_form_cannot_show_it(client: TestClient) -> None:
+    body = definition("C34")
+    body["name"] = "lung with status"
+    body["criteria"][1]["condition"]["clinical_status"] = ["active"]
+    cohort = client.post("/api/cohorts", json=body).json()["id"]
+    page = client.get("/cohorts/new", params={"from": cohort})
+    assert page.status_code == 200 and 'id="edit-refused"' in page.text
+    assert 'value="C34"' not in page.text  # nothing half-shown

@@ -47,7 +47,7 @@ function condition() {
   if (!codes.length && !prefixes.length) return [];
   const system = value("condition_system");
   const body = { codes: [{ system, codes, prefixes }] };
-  const onset = window_("onset_from", "onset_to");
+  const onset = value("onset_within") ? { within: value("onset_within") } : window_("onset_from", "onset_to");
   if (onset) body.onset = onset;
   const shown = [...codes, ...prefixes.map((p) => `${p}*`)].join(", ");
   return [{ label: `diagnosis ${system} ${shown}`, condition: body }];

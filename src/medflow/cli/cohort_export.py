@@ -1,7 +1,8 @@
 """``medflow cohort export FILE|ID --out DIR|FILE.zip``: evaluate a cohort and write its
 patients' FHIR data (ndjson per resource type), the DICOM files of its studies and a manifest
 (Parquet and CSV) into a folder or a zip, with a progress bar; a re-run over an interrupted
-export finishes it (``medflow.cohort.export``)."""
+export finishes it (``medflow.cohort.export``). ``--deidentify PROFILE`` writes it
+de-identified (``medflow.deid``; the key from ``MEDFLOW_DEID__KEY``)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ if TYPE_CHECKING:  # the heavy imports wait until the command runs
     from medflow.bootstrap import Container
     from medflow.cohort.export import ExportProgress, ExportSummary
     from medflow.cohort.schema import CohortDefinition
+    from medflow.deid.service import Deidentification
 
 console = Console()
-DEIDENTIFY_LATER = "de-identification arrives with issue 8"
 TRACKING = "medflow.cohort.tracking"
 
 
@@ -47,7 +48,15 @@ def export(
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder, or a file ending in .zip")],
     deidentify: Annotated[
-        str | None, typer.Option("--deidentify", help="De-identification profile (issue 8)")
+        str | None,
+        typer.Option(
+            "--deidentify",
+            help="De-identify: a DICOM profile (basic, research or a "
+            "YAML/JSON file); the key is MEDFLOW_DEID__KEY",
+        ),
+    ] = None,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="FHIR de-identification rules (YAML)")
     ] = None,
     level: Annotated[
         ExportLevel,
@@ -62,13 +71,20 @@ def export(
     from medflow.bootstrap import build
 
     configure("warning")
-    if deidentify is not None:
-        console.print(f"[red]--deidentify {deidentify}: {DEIDENTIFY_LATER}[/red]", markup=True)
-        raise typer.Exit(2)
-    container = build(load_settings(data_dir))
+    settings = load_settings(data_dir)
+    deid = None
+    if deidentify is not None or rules is not None:
+        from medflow.deid.service import Deidentification
+
+        try:
+            deid = Deidentification.from_settings(settings, profile=deidentify, rules=rules)
+        except MedflowError as exc:
+            console.print(f"[red]--deidentify: {exc.message}[/red]")
+            raise typer.Exit(2) from None
+    container = build(settings)
     try:
         definition = _definition(cohort, container)
-        summary = _run(container, definition, out, level.value)
+        summary = _run(container, definition, out, level.value, deid)
     except MedflowError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
@@ -107,7 +123,11 @@ def _definition(cohort: str, container: Container) -> CohortDefinition:
 
 
 def _run(
-    container: Container, definition: CohortDefinition, out: Path, level: str
+    container: Container,
+    definition: CohortDefinition,
+    out: Path,
+    level: str,
+    deid: Deidentification | None,
 ) -> ExportSummary:
     from medflow.cohort.export import export_cohort
     from medflow.cohort.service import CohortService
@@ -127,7 +147,7 @@ def _run(
 
         return export_cohort(result, store=container.store, fhir=container.fhir, out=out,
                              level="series" if level == "series" else "study",
-                             definition=definition, progress=show)  # fmt: skip
+                             definition=definition, progress=show, deidentify=deid)  # fmt: skip
 
 
 def _report(summary: ExportSummary) -> None:
@@ -136,10 +156,13 @@ def _report(summary: ExportSummary) -> None:
     console.print(f"DICOM: {summary.instances} files of {summary.studies} studies "
                   f"({summary.bytes:,} bytes), {summary.written} written, "
                   f"{summary.skipped} already there")  # fmt: skip
+    if summary.excluded:
+        console.print(f"[yellow]{summary.excluded} instances left out by the de-identification "
+                      "profile (excluded.csv)[/yellow]")  # fmt: skip
     if summary.missing_studies:
         console.print(f"[yellow]{len(summary.missing_studies)} studies are no longer in the "
                       "archive[/yellow]")  # fmt: skip
     console.print(f"written to {summary.archive or summary.folder}", markup=False)
 
 
-__all__ = ["DEIDENTIFY_LATER", "ExportLevel", "export"]
+__all__ = ["ExportLevel", "export"]

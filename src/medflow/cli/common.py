@@ -20,7 +20,9 @@ def load_settings(data_dir: Path | None = None) -> Settings:
 
 def export_settings(settings: Settings) -> None:
     """Put the resolved settings into ``MEDFLOW_*`` variables for child processes."""
-    for key, value in flatten(settings.model_dump(mode="json", exclude_none=True)).items():
+    # the de-identification key is a secret (dumped masked): children inherit the variable
+    dumped = settings.model_dump(mode="json", exclude_none=True, exclude={"deid": {"key"}})
+    for key, value in flatten(dumped).items():
         os.environ[f"MEDFLOW_{key.upper()}"] = value
 
 

@@ -16,6 +16,7 @@ from medflow import __version__
 from medflow.cli.cohort import cohort_app
 from medflow.cli.cohort_export import export as cohort_export
 from medflow.cli.common import export_settings, load_settings
+from medflow.cli.deid import deid_app
 from medflow.cli.demo import demo_app, start_demo_loader
 from medflow.cli.dimse import aet_app, send
 from medflow.cli.fhir import fhir_app
@@ -34,6 +35,7 @@ app.add_typer(sync_app, name="sync")
 app.add_typer(demo_app, name="demo")
 app.add_typer(views_app, name="views")
 app.add_typer(cohort_app, name="cohort")
+app.add_typer(deid_app, name="deid")
 cohort_app.command("export")(cohort_export)
 app.command()(send)
 

@@ -10,7 +10,12 @@ Layout of the folder::
                                      what WADO-RS returns with ``transfer-syntax=*``)
     manifest.parquet, manifest.csv   one row per DICOM file: patient_id, mrn, study_uid,
                                      series_uid, sop_instance_uid, path, sha256, size, labels
+    excluded.csv                     (de-identified exports) instances the profile left out
     .medflow-export.jsonl            the journal: what is done (not put in the zip)
+
+With ``deidentify`` (:mod:`medflow.cohort.export_deid`) every part is de-identified with one
+key: FHIR by the rules, DICOM by the PS3.15 profile (files under their new UIDs, their SHA-256
+in the manifest), and the manifest and ``cohort.json`` hold pseudonyms and new UIDs only.
 
 ``level="study"`` exports every instance of the cohort's studies; ``level="series"`` only the
 series that match one of the definition's imaging criteria (Modality, Body Part Examined, SOP
@@ -37,11 +42,12 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+from medflow.cohort.export_deid import Excluded, ExportDeid, write_excluded
 from medflow.cohort.results import CohortResult, PatientResult
 from medflow.cohort.schema import CohortDefinition, Criterion, ImagingCriterion
 from medflow.core.errors import InvalidInput, NotFound, StorageFailure
@@ -50,6 +56,9 @@ from medflow.fhir.service import FhirService
 from medflow.store.query import Query
 from medflow.store.records import InstanceRecord
 from medflow.store.service import StoreService
+
+if TYPE_CHECKING:
+    from medflow.deid.service import Deidentification
 
 log = logging.getLogger(__name__)
 Level = Literal["study", "series"]
@@ -117,6 +126,8 @@ class ExportSummary:
     """Size of the DICOM files."""
     missing_studies: list[str]
     """Studies of the result that the archive no longer has."""
+    excluded: int = 0
+    """Instances the de-identification profile left out (``excluded.csv``)."""
 
 
 def export_cohort(
@@ -128,12 +139,14 @@ def export_cohort(
     level: Level = "study",
     definition: CohortDefinition | None = None,
     progress: ProgressCallback | None = None,
+    deidentify: Deidentification | None = None,
 ) -> ExportSummary:
     """Write the cohort's FHIR data, DICOM files and manifest to ``out`` (a folder, or a
     ``.zip`` file made from the folder ``<out>.parts`` at the end); see the module's
     docstring. ``definition`` is needed for ``level="series"``. Raises ``InvalidInput`` for
     a folder holding something else, ``StorageFailure`` for a blob that differs from its
-    index row (that file is not written)."""
+    index row (that file is not written). ``deidentify``: write it de-identified (the
+    module's docstring; resuming needs the same key and profile)."""
     if level not in ("study", "series"):
         raise InvalidInput(f"level must be study or series, not {level!r}")
     if level == "series" and definition is None:
@@ -143,7 +156,8 @@ def export_cohort(
     if archive is not None and archive.exists() and not _ours(archive, folder):
         raise InvalidInput(f"{archive} exists already and is no medflow export: choose another "
                            "output")  # fmt: skip
-    run = _Export(result, store, fhir, folder, progress or (lambda _: None))
+    deid = ExportDeid(deidentify) if deidentify is not None else None
+    run = _Export(result, store, fhir, folder, progress or (lambda _: None), deid)
     run.open_journal(level)
     try:
         resources = run.fhir_files()
@@ -152,12 +166,14 @@ def export_cohort(
     finally:
         run.close()
     write_manifest(folder, rows)
+    if deid is not None:
+        write_excluded(folder, run.excluded)
     if archive is not None:
         write_zip(folder, archive, result, run.progress)
         shutil.rmtree(folder)
     return ExportSummary(folder, archive, len(result.patients), resources,
                          len({r.study_uid for r in rows}), len(rows), run.written, run.skipped,
-                         sum(r.size for r in rows), missing)  # fmt: skip
+                         sum(r.size for r in rows), missing, len(run.excluded))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -175,9 +191,11 @@ class _Export:
     """One run over a folder: the journal read at the start and appended to as files land."""
 
     def __init__(self, result: CohortResult, store: StoreService, fhir: FhirService,
-                 folder: Path, progress: ProgressCallback) -> None:  # fmt: skip
+                 folder: Path, progress: ProgressCallback,
+                 deid: ExportDeid | None) -> None:  # fmt: skip
         self.result, self.store, self.fhir = result, store, fhir
-        self.folder, self.progress = folder, progress
+        self.folder, self.progress, self.deid = folder, progress, deid
+        self.excluded: list[tuple[str, str]] = []
         self.done: dict[str, dict[str, Any]] = {}
         self.journal: IO[str] | None = None
         self.written = self.skipped = 0
@@ -185,14 +203,15 @@ class _Export:
     # -- journal ----------------------------------------------------------------------------
     def open_journal(self, level: Level) -> None:
         """Read the journal (or start one in an empty folder); refuse another export's."""
-        header = {"kind": "header", "level": level, "fingerprint": _fingerprint(self.result)}
+        header = {"kind": "header", "level": level, "fingerprint": _fingerprint(self.result),
+                  "deid": self.deid.fingerprint() if self.deid else None}  # fmt: skip
         path = self.folder / JOURNAL
         if path.exists():
             lines = _journal_lines(path)
             if not lines or {k: lines[0].get(k) for k in header} != header:
                 raise InvalidInput(f"{self.folder} holds the export of another cohort result "
                                    "or level: choose another output")  # fmt: skip
-            self.done = {x["path"]: x for x in lines[1:] if x.get("kind") == "file"}
+            self.done = {x["path"]: x for x in lines[1:] if x.get("kind") in ("file", "excluded")}
             self.journal = path.open("a", encoding="utf-8")
             return
         if self.folder.exists() and not self.folder.is_dir():
@@ -203,13 +222,15 @@ class _Export:
         self.journal = path.open("w", encoding="utf-8")
         self._append(header)
         shown = {k: v for k, v in self.result.to_dict().items() if k != "elapsed_s"}
+        if self.deid is not None:
+            shown = self.deid.result(shown)
         _write_text(self.folder / "cohort.json", json.dumps(shown, indent=1))
 
     def _append(self, entry: dict[str, Any]) -> None:
         assert self.journal is not None
         self.journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
         self.journal.flush()
-        if entry.get("kind") == "file":
+        if entry.get("kind") in ("file", "excluded"):
             self.done[str(entry["path"])] = entry
 
     def close(self) -> None:
@@ -245,12 +266,14 @@ class _Export:
         total = len(self.result.patients)
         try:
             for i, patient in enumerate(self.result.patients, 1):
-                for resource in self.fhir.everything(patient_id=patient.patient_id,
-                                                     limit=EVERYTHING_LIMIT):  # fmt: skip
-                    rtype, rid = str(resource["resourceType"]), str(resource.get("id"))
-                    if (rtype, rid) in seen:
-                        continue
-                    seen.add((rtype, rid))
+                everything = self.fhir.everything(patient_id=patient.patient_id,
+                                                  limit=EVERYTHING_LIMIT)  # fmt: skip
+                compartment = [r for r in everything if _key(r) not in seen]
+                seen.update(_key(r) for r in compartment)
+                if self.deid is not None:
+                    compartment = self.deid.compartment(compartment)
+                for resource in compartment:
+                    rtype = str(resource["resourceType"])
                     if rtype not in files:
                         files[rtype] = (staging / f"{rtype}.ndjson").open("w", encoding="utf-8")
                     files[rtype].write(_ndjson_line(resource))
@@ -293,6 +316,8 @@ class _Export:
         return items, missing
 
     def dicom_files(self, items: Sequence[_Item]) -> list[ManifestRow]:
+        if self.deid is not None:
+            return self._deidentified_files(items, self.deid)
         rows = []
         for i, item in enumerate(items, 1):
             record, path = item.record, item.path
@@ -308,6 +333,47 @@ class _Export:
                                     record.series_uid, record.sop_instance_uid, path,
                                     record.sha256, record.size))  # fmt: skip
             self.progress(ExportProgress("dicom", i, len(items), path, skipped=skipped))
+        return rows
+
+    def _deidentified_files(self, items: Sequence[_Item], deid: ExportDeid) -> list[ManifestRow]:
+        """The files de-identified: journaled with the source's SHA-256 (the output's is
+        known only once written), so a resumed run skips what it finished or excluded."""
+        rows = []
+        for i, item in enumerate(items, 1):
+            record, path = item.record, deid.path(item.record)
+            entry = self.done.get(path)
+            target = self.folder / path
+            done = (
+                entry is not None
+                and entry.get("source_sha256") == record.sha256
+                and (
+                    entry["kind"] == "excluded"
+                    or (target.is_file() and target.stat().st_size == entry["size"])
+                )
+            )
+            if not done:
+                try:
+                    written = deid.write_instance(self.store, record, self.folder / path)
+                except Excluded as exc:
+                    entry = {"kind": "excluded", "path": path, "source_sha256": record.sha256,
+                             "reason": exc.message}  # fmt: skip
+                else:
+                    entry = {"kind": "file", "path": path, "source_sha256": record.sha256,
+                             "sha256": written.sha256, "size": written.size}  # fmt: skip
+                    self.written += 1
+                self._append(entry)
+            else:
+                self.skipped += 1
+            assert entry is not None
+            self.progress(ExportProgress("dicom", i, len(items), path, skipped=done))
+            if entry["kind"] == "excluded":
+                self.excluded.append((deid.uid(record.sop_instance_uid), str(entry["reason"])))
+                continue
+            p = item.patient
+            rows.append(ManifestRow(deid.patient_id(p.patient_id), deid.mrn(p.mrn),
+                                    deid.uid(record.study_uid), deid.uid(record.series_uid),
+                                    deid.uid(record.sop_instance_uid), path, entry["sha256"],
+                                    entry["size"]))  # fmt: skip
         return rows
 
     def _already_written(self, path: str, record: InstanceRecord) -> bool:
@@ -474,6 +540,10 @@ def _fingerprint(result: CohortResult) -> str:
     """What a resumed export must agree on: the patients and their studies."""
     key = [[p.patient_id, p.mrn, p.studies] for p in result.patients]
     return hashlib.sha256(json.dumps([result.name, key]).encode()).hexdigest()
+
+
+def _key(resource: dict[str, Any]) -> tuple[str, str]:
+    return str(resource["resourceType"]), str(resource.get("id"))
 
 
 def _ndjson_line(resource: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,17 @@ class SyncSettings(BaseModel):
     """How often the worker looks at the change feed when no event wakes it."""
 
 
+class DeidSettings(BaseModel):
+    """De-identification (``medflow.deid``, PS3.15 Annex E and FHIR): the secret key from
+    which pseudonyms, UIDs and date shifts are derived (HMAC-SHA-256). Without a key nothing
+    is de-identified. The key is never written to any output or log."""
+
+    key: SecretStr | None = None
+    """``MEDFLOW_DEID__KEY``: at least 16 characters."""
+    max_shift_days: int = Field(default=365, ge=1, le=36500)
+    """Dates move back by 1..max_shift_days days, the same number for all of a patient's data."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDFLOW_", env_nested_delimiter="__", extra="ignore"
@@ -88,6 +99,7 @@ class Settings(BaseSettings):
     blobs: BlobSettings = Field(default_factory=BlobSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    deid: DeidSettings = Field(default_factory=DeidSettings)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

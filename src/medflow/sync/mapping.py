@@ -37,7 +37,7 @@ from pydicom.valuerep import DA, PersonName
 
 from medflow.core.errors import InvalidInput
 from medflow.dicom.attributes import is_valid_uid
-from medflow.fhir.identifiers import ACSN, DICOM_UID_SYSTEM, search_token
+from medflow.fhir.identifiers import ACSN, DICOM_UID_SYSTEM, patient_system, search_token
 
 __all__ = [
     "ACSN",
@@ -61,7 +61,6 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
 RFC3986 = "urn:ietf:rfc:3986"
 ENDPOINT_SYSTEM = "urn:medflow:endpoint"
-ISSUER_SYSTEM_PREFIX = "urn:medflow:issuer:"
 ENDPOINT_CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 OTHER_MODALITY = "OT"
 """Modality used when a series has none (Modality is Type 1, but old data lacks it)."""
@@ -280,10 +279,10 @@ def patient_key(
     value = _text(instance, "PatientID")
     if value is None:
         raise MappingError(f"{_label('PatientID')} is missing")
-    issuer = _text(instance, "IssuerOfPatientID") if use_issuer else None
-    if issuer is not None:
-        system = ISSUER_SYSTEM_PREFIX + quote(issuer, safe="")
-    return PatientKey(system=system, value=value)
+    issuer = _text(instance, "IssuerOfPatientID")
+    return PatientKey(
+        system=patient_system(issuer, default=system, use_issuer=use_issuer), value=value
+    )
 
 
 def _human_name(value: Any) -> dict[str, Any] | None:

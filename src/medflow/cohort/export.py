@@ -157,6 +157,8 @@ def export_cohort(
         raise InvalidInput(f"{archive} exists already and is no medflow export: choose another "
                            "output")  # fmt: skip
     deid = ExportDeid(deidentify) if deidentify is not None else None
+    if deid is not None:
+        deid.learn_patients(fhir, [p.patient_id for p in result.patients])
     run = _Export(result, store, fhir, folder, progress or (lambda _: None), deid)
     run.open_journal(level)
     try:

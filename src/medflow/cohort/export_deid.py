@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medflow.core.errors import NotFound
 from medflow.deid.dicom import Excluded
 from medflow.deid.service import Deidentification
+from medflow.fhir.service import FhirService
 from medflow.store.records import InstanceRecord
 from medflow.store.service import StoreService
 
@@ -41,6 +43,17 @@ class ExportDeid:
 
     def __init__(self, deid: Deidentification) -> None:
         self.deid = deid
+
+    def learn_patients(self, fhir: FhirService, patient_ids: Sequence[str]) -> None:
+        """Read the cohort's Patients first: their pseudonyms name them in ``cohort.json``
+        and the manifest before their compartments are exported."""
+        patients = []
+        for patient_id in patient_ids:
+            try:
+                patients.append(fhir.read(resource_type="Patient", res_id=patient_id))
+            except NotFound:  # deleted since: keyed on its id
+                continue
+        self.deid.fhir.prepare(patients)
 
     def fingerprint(self) -> str:
         return self.deid.fingerprint()

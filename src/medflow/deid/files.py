@@ -31,6 +31,8 @@ class DeidSummary:
 
     written: int = 0
     skipped: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    """(relative path, why) of the skipped files (the report lists them)."""
     excluded: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -42,7 +44,8 @@ class DeidSummary:
         )
 
     def as_report(self) -> dict[str, object]:
-        """The JSON report: counts and each excluded or failed file with its reason."""
+        """The JSON report: counts and each skipped, excluded or failed file with its
+        reason."""
         data = asdict(self)
         return {
             "counts": {
@@ -51,6 +54,7 @@ class DeidSummary:
                 "excluded": len(self.excluded),
                 "failed": len(self.failed),
             },
+            "skipped": [{"path": p, "reason": r} for p, r in data["skipped_files"]],
             "excluded": [{"path": p, "reason": r} for p, r in data["excluded"]],
             "failed": [{"path": p, "reason": r} for p, r in data["failed"]],
         }
@@ -126,11 +130,15 @@ def _one(
 ) -> None:
     if not _looks_like_dicom(path):
         summary.skipped += 1
+        summary.skipped_files.append(
+            (rel, "not a DICOM Part-10 file (no DICM prefix) or a DICOMDIR")
+        )
         return
     try:
         out = deidentifier.deidentify_bytes(path.read_bytes())
     except DicomdirSkipped:
         summary.skipped += 1
+        summary.skipped_files.append((rel, "a DICOMDIR (its records hold PHI): rebuild it"))
         return
     except Excluded as exc:
         summary.excluded.append((rel, exc.reason))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import zipfile
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from pydicom.uid import generate_uid
 
 from medflow.bootstrap import Container
 from medflow.cohort.export import (
@@ -32,6 +36,8 @@ from medflow.cohort.results import CohortResult
 from medflow.cohort.schema import CohortDefinition, parse_definition
 from medflow.cohort.service import CohortService
 from medflow.core.errors import InvalidInput
+from medflow.core.settings import DeidSettings, Settings
+from medflow.deid.service import Deidentification
 from medflow.synthetic.writer import generate
 from tests.conftest import loaded_hospital
 
@@ -278,3 +284,78 @@ def test_refuses_to_overwrite_a_file(hospital: Hospital, tmp_path: Path) -> None
     (tmp_path / "notes").write_text("mine")
     with pytest.raises(InvalidInput, match="is a file"):
         hospital.export(tmp_path / "notes")
+
+
+# -- de-identified (issue 8) ---------------------------------------------------------------------
+def _deid(key: str = "cohort-export-test-key-0123456789", **profile: Any) -> Deidentification:
+    return Deidentification.from_settings(
+        Settings(deid=DeidSettings(key=SecretStr(key))), **profile
+    )
+
+
+def test_deidentified_export_resumes_and_agrees(hospital: Hospital, tmp_path: Path) -> None:
+    """Interrupted and resumed, the de-identified export equals an uninterrupted one; its
+    manifest, cohort.json, ndjson and DICOM headers name the same pseudonyms and UIDs; another
+    key (or profile) does not resume it."""
+    clean = hospital.export(tmp_path / "clean", deidentify=_deid())
+    out = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        hospital.export(out, progress=_stop_after(3), deidentify=_deid())
+    with pytest.raises(InvalidInput, match="another cohort result"):
+        hospital.export(out, deidentify=_deid("another-key-for-the-same-export-000"))
+    with pytest.raises(InvalidInput, match="another cohort result"):
+        hospital.export(out)  # not de-identified: not the same export either
+    summary = hospital.export(out, deidentify=_deid())
+    assert summary.skipped == 3 and summary.instances == clean.instances > 3
+    assert _tree(out) == _tree(tmp_path / "clean")
+
+    keys = _deid().keys
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    result = json.loads((out / "cohort.json").read_text())
+    patients = {p["id"] for p in _ndjson(out)["Patient"]}
+    assert {p["id"] for p in result["patients"]} == patients
+    source_studies = {s for p in hospital.result.patients for s in p.studies}
+    assert {s for p in result["patients"] for s in p["studies"]} == {
+        keys.uid(s) for s in source_studies}  # fmt: skip
+    for row in rows:
+        ds = pydicom.dcmread(out / row["path"])
+        assert ds.SOPInstanceUID == row["sop_instance_uid"] and ds.PatientID == row["patient_id"]
+        assert row["patient_id"] in patients and row["study_uid"] in {
+            keys.uid(s) for s in source_studies}  # fmt: skip
+        assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
+
+
+def test_deidentified_export_lists_what_the_profile_leaves_out(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    """An instance with burned-in annotation (BurnedInAnnotation YES) in a cohort study is not
+    written by the (default, exclude) profile; excluded.csv lists its new UID and the reason.
+    (The last test of the module: it adds that instance to the archive.)"""
+    study = hospital.result.patients[0].studies[0]
+    record = hospital.container.store.find_instances(study_uid=study)[0]
+    ds = pydicom.dcmread(io.BytesIO(b"".join(hospital.container.store.iter_bytes(record))))
+    ds.BurnedInAnnotation = "YES"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    stored = hospital.client.post(
+        f"/dicomweb/studies/{study}", content=_multipart(buffer.getvalue()),
+        headers={"Content-Type": f"multipart/related; type=\"application/dicom\"; boundary={B}"},
+    )  # fmt: skip
+    assert stored.status_code == 200, stored.text
+    summary = hospital.export(tmp_path / "out", deidentify=_deid())
+    listed = list(csv.DictReader((tmp_path / "out" / "excluded.csv").open()))
+    keys = _deid().keys
+    assert summary.excluded == 1 and [r["sop_instance_uid"] for r in listed] == [
+        keys.uid(ds.SOPInstanceUID)]  # fmt: skip
+    assert "burned" in listed[0]["reason"].lower()
+    assert not list((tmp_path / "out").glob(f"dicom/**/{keys.uid(ds.SOPInstanceUID)}.dcm"))
+    assert summary.instances == len(list((tmp_path / "out").glob("dicom/**/*.dcm"))) > 0
+
+
+B = "deid-test-boundary"
+
+
+def _multipart(data: bytes) -> bytes:
+    return (f"--{B}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
+            + f"\r\n--{B}--\r\n".encode())  # fmt: skip

@@ -18,7 +18,6 @@ import pytest
 
 from medflow.bootstrap import build
 from medflow.core.settings import Settings
-
 from medflow.synthetic.writer import generate
 from tests.conftest import load_data_dir
 from tests.e2e.test_cli import MEDFLOW, env

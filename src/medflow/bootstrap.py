@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from medflow import __version__
 from medflow.cohort.api import build_cohort_router
+from medflow.cohort.export_jobs import CohortExports
 from medflow.cohort.service import CohortService
 from medflow.cohort.tracking import CohortTracker
 from medflow.core.events import EventBus, FhirChanged, InstancesChanged
@@ -40,6 +41,7 @@ class Container:
     fhir: FhirService
     export: ExportService
     cohorts: CohortTracker
+    cohort_exports: CohortExports
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
 
@@ -70,6 +72,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
     fhir = FhirService(engine, events)
     fhir.activate_search_parameters()  # custom SearchParameter resources stored earlier
     export = ExportService(engine, fhir, (settings.data_dir / "exports").resolve())
+    tracker = CohortTracker(engine=engine, cohorts=CohortService(store=store, fhir=fhir), fhir=fhir)
     return Container(
         settings=settings,
         engine=engine,
@@ -79,8 +82,13 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
         aes=aes,
         fhir=fhir,
         export=export,
-        cohorts=CohortTracker(
-            engine=engine, cohorts=CohortService(store=store, fhir=fhir), fhir=fhir
+        cohorts=tracker,
+        cohort_exports=CohortExports(
+            tracker=tracker,
+            store=store,
+            fhir=fhir,
+            settings=settings,
+            root=(settings.data_dir / "exports" / "cohorts").resolve(),
         ),
     )
 

@@ -8,7 +8,11 @@ and ``/runs/{run}``, ``GET /api/cohorts/{id}/diff`` (``from``, ``to``), and
 ``POST /api/cohorts/$evaluate`` evaluates a definition without saving it;
 ``GET /api/cohorts/{id}/outcomes`` (``patient``: the index patient, ``as_of``), its
 Kaplan-Meier plot ``GET /api/cohorts/{id}/outcomes.svg`` and ``POST /api/cohorts/$outcomes``
-(an unsaved definition) give treatments x outcomes (:mod:`medflow.cohort.outcomes`). ``{id}`` is a
+(an unsaved definition) give treatments x outcomes (:mod:`medflow.cohort.outcomes`);
+``POST /api/cohorts/{id}/$export`` (``level``, ``deidentify``: a profile name, ``as_of``)
+starts the export ``medflow cohort export`` makes (202, :mod:`medflow.cohort.export_jobs`),
+``GET /api/cohorts/exports/{job}`` tells its progress and ``/exports/{job}/file`` serves the
+zip. ``{id}`` is a
 cohort's id or name. Errors are RFC 9457 problem details (``application/problem+json``), from
 medflow errors in one table; a definition that does not validate is a 422 whose ``errors``
 give each problem's path.
@@ -24,10 +28,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
+from medflow.cohort.export_jobs import ExportRequest
 from medflow.cohort.outcomes import OutcomeTable, outcomes
 from medflow.cohort.schema import CohortDefinition, DefinitionError
 from medflow.cohort.survival import km_svg
@@ -146,6 +151,7 @@ async def _as_of_from_body(request: Request, as_of: date | None) -> date | None:
 
 def build_cohort_router() -> APIRouter:
     router = APIRouter(prefix="/api/cohorts", tags=["Cohorts"], route_class=CohortRoute)
+    _export_routes(router)
 
     @router.post("", status_code=201)
     async def save(request: Request, cohorts: Tracker,
@@ -218,6 +224,42 @@ def build_cohort_router() -> APIRouter:
 
     _outcome_routes(router)
     return router
+
+
+def _export_routes(router: APIRouter) -> None:
+    @router.post("/{ref}/$export", status_code=202)
+    async def start_export(
+        request: Request,
+        response: Response,
+        ref: str,
+        level: Annotated[str, Query(pattern="^(study|series)$")] = "study",
+        deidentify: Annotated[str | None, Query(description="basic or research")] = None,
+        as_of: AsOf = None,
+    ) -> dict[str, Any]:
+        """Export the cohort (its latest version) as ``medflow cohort export`` does: a zip
+        of FHIR ndjson, DICOM files and a manifest, de-identified with ``deidentify``; 202
+        with the job's status (``Content-Location``); the same request finds the same job."""
+        exports = request.app.state.container.cohort_exports
+        wanted = ExportRequest(cohort=ref, level="series" if level == "series" else "study",
+                               deidentify=deidentify, as_of=as_of)  # fmt: skip
+        status: dict[str, Any] = await run_in_threadpool(lambda: exports.start(wanted))
+        response.headers["Content-Location"] = f"/api/cohorts/exports/{status['job']}"
+        return status
+
+    @router.get("/exports/{job}")
+    def export_status(request: Request, job: str) -> dict[str, Any]:
+        """An export's status: running (with its progress), done (with its summary and the
+        file's URL), failed (with the reason) or interrupted (ask again to resume)."""
+        status: dict[str, Any] = request.app.state.container.cohort_exports.status(job)
+        if status["status"] == "done":
+            status = {**status, "url": f"/api/cohorts/exports/{job}/file"}
+        return status
+
+    @router.get("/exports/{job}/file", response_class=FileResponse)
+    def export_file(request: Request, job: str) -> FileResponse:
+        """The finished export's zip."""
+        path = request.app.state.container.cohort_exports.file(job)
+        return FileResponse(path, media_type="application/zip", filename=path.name)
 
 
 def _outcome_routes(router: APIRouter) -> None:

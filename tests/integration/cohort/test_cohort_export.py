@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -359,3 +360,58 @@ B = "deid-test-boundary"
 def _multipart(data: bytes) -> bytes:
     return (f"--{B}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
             + f"\r\n--{B}--\r\n".encode())  # fmt: skip
+
+
+# -- through the API (POST /api/cohorts/{id}/$export) --------------------------------------------
+def _finished(client: TestClient, location: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = client.get(location).json()
+        if status["status"] != "running":
+            return dict(status)
+        time.sleep(0.1)
+    raise AssertionError("the export did not finish")
+
+
+def test_export_through_the_api(hospital: Hospital, tmp_path: Path) -> None:
+    """The API's export is the CLI's: the same zip as export_cohort writes for the saved
+    cohort; asking again finds the finished job; de-identification needs the key and a
+    profile name; errors are problem details."""
+    c = hospital.client
+    saved = c.post("/api/cohorts", json=DEFINITION.model_dump(mode="json", by_alias=True))
+    cohort = saved.json()["id"]
+    started = c.post(f"/api/cohorts/{cohort}/$export")
+    assert started.status_code == 202, started.text
+    location = started.headers["content-location"]
+    status = _finished(c, location)
+    assert status["status"] == "done", status
+    assert status["summary"]["instances"] == hospital.export(tmp_path / "cli.zip").instances
+    zipped = c.get(status["url"])
+    assert zipped.status_code == 200 and zipped.headers["content-type"] == "application/zip"
+    assert zipped.content == (tmp_path / "cli.zip").read_bytes()
+    again = c.post(f"/api/cohorts/{cohort}/$export")
+    assert again.headers["content-location"] == location and again.json()["status"] == "done"
+
+    no_key = c.post(f"/api/cohorts/{cohort}/$export", params={"deidentify": "research"})
+    assert no_key.status_code == 400 and "MEDFLOW_DEID__KEY" in no_key.json()["detail"]
+    exports = hospital.container.cohort_exports
+    plain = exports.settings
+    key = DeidSettings(key=SecretStr("api-export-key-0123456789abcdef"))
+    exports.settings = plain.model_copy(update={"deid": key})
+    try:
+        a_file = c.post(f"/api/cohorts/{cohort}/$export", params={"deidentify": "/etc/passwd"})
+        assert a_file.status_code == 400  # a profile file is the server's choice, not a client's
+        deid = c.post(f"/api/cohorts/{cohort}/$export", params={"deidentify": "research"})
+        assert deid.status_code == 202 and deid.headers["content-location"] != location
+        done = _finished(c, deid.headers["content-location"])
+        assert done["status"] == "done" and done["file"].endswith("-deid.zip")
+        with zipfile.ZipFile(io.BytesIO(c.get(done["url"]).content)) as zf:
+            result = json.loads(zf.read("cohort.json"))
+        assert result["deidentified"] == {"profile": "research"}
+        assert not {p.patient_id for p in hospital.result.patients} & {
+            p["id"] for p in result["patients"]}  # fmt: skip
+    finally:
+        exports.settings = plain
+    assert c.get("/api/cohorts/exports/nosuchjob").status_code == 404
+    assert c.post("/api/cohorts/999999/$export").status_code == 404
+    assert c.post(f"/api/cohorts/{cohort}/$export", params={"level": "x"}).status_code == 422

@@ -70,7 +70,7 @@ from medflow.deid.fhir_rules import (
 )
 from medflow.deid.keys import DeidKeys
 from medflow.fhir.definitions import patient_compartment, search_params
-from medflow.fhir.identifiers import ACSN, MRN_SYSTEM
+from medflow.fhir.identifiers import ACSN, ISSUER_SYSTEM_PREFIX, MRN_SYSTEM
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,20 @@ class FhirDeidentifier:
         *,
         patient_system: str = MRN_SYSTEM,
         base_urls: Iterable[str] = (),
+        use_issuer: bool = False,
+        retain_uids: bool = False,
+        shift_dates: bool = True,
     ) -> None:
         self.rules = rules
         self.keys = keys
         self.patient_system = patient_system
+        self.use_issuer = use_issuer
+        """Patient identifiers of ``urn:medflow:issuer:<issuer>`` systems (the sync's, with
+        IssuerOfPatientID) are the patient's key too, as on the DICOM side."""
+        self.retain_uids = retain_uids
+        """The DICOM profile retains UIDs (PS3.15 E.3.9): FHIR keeps them too."""
+        self.shift_dates = shift_dates
+        """False when the DICOM profile retains full dates (E.3.6): FHIR dates stay too."""
         self.base_urls = frozenset(u.rstrip("/") for u in base_urls)
         self._matcher = _Matcher(rules)
         self._patients: dict[str, tuple[str, str] | None] = {}
@@ -166,16 +176,26 @@ class FhirDeidentifier:
                 self._patients[key] = identity
         return 1
 
+    def _is_patient_system(self, system: Any) -> bool:
+        return isinstance(system, str) and (
+            system == self.patient_system
+            or (self.use_issuer and system.startswith(ISSUER_SYSTEM_PREFIX))
+        )
+
     def _identity(self, patient: dict[str, Any]) -> tuple[str, str] | None:
+        """The (system, value) keying the patient, as the DICOM side keys its PatientID (an
+        issuer's system first when ``use_issuer``)."""
+        found: list[tuple[str, str]] = []
         for ident in patient.get("identifier") or ():
             value = ident.get("value") if isinstance(ident, dict) else None
-            if (
-                ident.get("system") == self.patient_system
-                and isinstance(value, str)
-                and value.strip()
-            ):
-                return self.patient_system, value.strip()
-        return None
+            system = ident.get("system") if isinstance(ident, dict) else None
+            if self._is_patient_system(system) and isinstance(value, str) and value.strip():
+                found.append((str(system), value.strip()))
+        found.sort(key=lambda pair: pair[0] == self.patient_system)  # issuers first
+        return found[0] if found else None
+
+    def _uid(self, uid: str) -> str:
+        return uid if self.retain_uids else self.keys.uid(uid)
 
     # -- ids, references, dates --------------------------------------------------------------
 
@@ -199,7 +219,7 @@ class FhirDeidentifier:
         if reference.startswith("urn:uuid:"):
             return self._uuid(reference)
         if reference.startswith("urn:oid:"):
-            return "urn:oid:" + self.keys.uid(reference[8:])
+            return "urn:oid:" + self._uid(reference[8:])
         m = _REF.fullmatch(reference)
         if m is None or m["type"] not in _resource_types():
             return None
@@ -224,6 +244,10 @@ class FhirDeidentifier:
         return self.keys.default_shift()
 
     def _context(self, resource: dict[str, Any]) -> _Ctx:
+        ctx = self._shifted_context(resource)
+        return ctx if self.shift_dates else _Ctx(timedelta(0), ctx.reference_day)
+
+    def _shifted_context(self, resource: dict[str, Any]) -> _Ctx:
         today = self.rules.parameters.age_reference_date or date.today()
         if resource.get("resourceType") == "Patient":
             identity = self._identity(resource)
@@ -280,7 +304,7 @@ class FhirDeidentifier:
         dropped types left out), fullUrl, request.url/ifNoneExist and response.location
         rewritten like references; links, conditional headers and etags removed."""
         self.prepare([bundle])  # its own entries at least, when prepare() was not called
-        ctx = _Ctx(self.keys.default_shift(), date.today())
+        ctx = _Ctx(self.keys.default_shift() if self.shift_dates else timedelta(0), date.today())
         rest = {k: v for k, v in bundle.items() if k not in ("entry", "link")}
         out = self._resource(rest, ctx, contained=False)
         entries = []
@@ -433,11 +457,11 @@ class FhirDeidentifier:
         if method != "pseudonym" or not isinstance(value, str):
             return value
         if f.type == "oid" or value.startswith("urn:oid:"):
-            return "urn:oid:" + self.keys.uid(value.removeprefix("urn:oid:"))
+            return "urn:oid:" + self._uid(value.removeprefix("urn:oid:"))
         if f.type == "uuid" or value.startswith("urn:uuid:"):
             return self._uuid(value)
         if f.base.lower().endswith("uid") and _UID.fullmatch(value.strip()):
-            return self.keys.uid(value)
+            return self._uid(value)
         root, _, path = steps[0]
         return self.keys.identifier(".".join([root, *(s[0] for s in path)]), value)
 
@@ -470,10 +494,10 @@ class FhirDeidentifier:
         value, system = identifier.get("value"), identifier.get("system")
         if not isinstance(value, str):
             return None
-        if system == self.patient_system and value.strip():
-            return self.keys.patient_pseudonym(system, value)
+        if self._is_patient_system(system) and value.strip():
+            return self.keys.patient_pseudonym(str(system), value)
         if value.startswith("urn:oid:"):
-            return "urn:oid:" + self.keys.uid(value[8:])
+            return "urn:oid:" + self._uid(value[8:])
         codings = (identifier.get("type") or {}).get("coding") or ()
         if any((c.get("system"), c.get("code")) == ACSN for c in codings if isinstance(c, dict)):
             return self.keys.identifier("accession", value)

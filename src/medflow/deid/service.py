@@ -23,7 +23,7 @@ from medflow.core.settings import Settings
 from medflow.deid.dicom import DicomDeidentifier, Excluded
 from medflow.deid.fhir import FhirDeidentifier, load_rules
 from medflow.deid.keys import DeidKeys
-from medflow.deid.profile import load_profile
+from medflow.deid.profile import Option, load_profile
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
 from medflow.store.spool import spool_stream
@@ -53,9 +53,15 @@ class Deidentification:
         keys = DeidKeys.from_settings(settings.deid)
         name = profile or DEFAULT_PROFILE
         system, use_issuer = settings.sync.patient_system, settings.sync.use_issuer
-        dicom = DicomDeidentifier(load_profile(name), keys, patient_system=system,
-                                  use_issuer=use_issuer)  # fmt: skip
-        fhir = FhirDeidentifier(load_rules(rules), keys, patient_system=system)
+        chosen = load_profile(name)
+        dicom = DicomDeidentifier(chosen, keys, patient_system=system, use_issuer=use_issuer)
+        # FHIR follows the DICOM profile where links depend on it: UIDs kept or mapped,
+        # dates kept (full dates retained) or shifted
+        options = chosen.options
+        fhir = FhirDeidentifier(load_rules(rules), keys, patient_system=system,
+                                use_issuer=use_issuer,
+                                retain_uids=Option.RETAIN_UIDS in options,
+                                shift_dates=Option.RETAIN_LONG_FULL_DATES not in options)  # fmt: skip
         return cls(keys, dicom, fhir, name)
 
     def fingerprint(self) -> str:

@@ -58,10 +58,14 @@ class Deidentification:
         # FHIR follows the DICOM profile where links depend on it: UIDs kept or mapped,
         # dates kept (full dates retained) or shifted
         options = chosen.options
-        fhir = FhirDeidentifier(load_rules(rules), keys, patient_system=system,
-                                use_issuer=use_issuer,
-                                retain_uids=Option.RETAIN_UIDS in options,
-                                shift_dates=Option.RETAIN_LONG_FULL_DATES not in options)  # fmt: skip
+        fhir = FhirDeidentifier(
+            load_rules(rules),
+            keys,
+            patient_system=system,
+            use_issuer=use_issuer,
+            retain_uids=Option.RETAIN_UIDS in options,
+            shift_dates=Option.RETAIN_LONG_FULL_DATES not in options,
+        )
         return cls(keys, dicom, fhir, name)
 
     def fingerprint(self) -> str:

@@ -505,6 +505,7 @@ class DicomDeidentifier:
     # -- marking (E.1.1) --------------------------------------------------------------------
 
     def _mark(self, ds: Dataset, ctx: _Context) -> None:
+        _cap_age(ds)
         ds.PatientIdentityRemoved = "YES"
         chosen = sorted(self.options, key=lambda o: OPTION_CODES[o][0])
         ds.DeidentificationMethod = [
@@ -576,6 +577,14 @@ def _blank(ds: Dataset, boxes: list[tuple[int, int, int, int]]) -> None:
     ds.PixelData = view.tobytes()
     ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _cap_age(ds: Dataset) -> None:
+    """A kept Patient's Age (0010,1010; AS, PS3.5 6.2) over 89 years becomes ``090Y``: ages
+    over 89 are one group (HIPAA Safe Harbor), as FHIR birth dates are grouped."""
+    age = str(ds.get("PatientAge") or "").strip()
+    if len(age) == 4 and age[:3].isdigit() and age[3] == "Y" and int(age[:3]) > 89:
+        ds.PatientAge = "090Y"
 
 
 __all__ = ["DicomDeidentifier", "DicomdirSkipped", "Excluded", "shift_da", "shift_dt"]

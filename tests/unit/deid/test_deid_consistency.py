@@ -87,3 +87,11 @@ def test_retained_uids_and_full_dates_are_retained_in_fhir_too(tmp_path: Path) -
     assert study["series"][0]["uid"] == ds.SeriesInstanceUID
     assert out.StudyDate == "20240305" and condition["onsetDateTime"] == "2024-02-20"
     assert out.PatientID == patient["id"]  # the pseudonym is never retained
+
+
+def test_dicom_ages_over_89_are_grouped(tmp_path: Path) -> None:
+    deid = _deid(tmp_path, ["retain-patient-characteristics"])
+    for age, shown in (("095Y", "090Y"), ("090Y", "090Y"), ("089Y", "089Y"), ("030M", "030M")):
+        ds = _ct()
+        ds.PatientAge = age
+        assert deid.dicom.deidentify(ds).PatientAge == shown

@@ -338,16 +338,18 @@ class _Export:
         return rows
 
     def _deidentified_files(self, items: Sequence[_Item], deid: ExportDeid) -> list[ManifestRow]:
-        """The files de-identified: journaled with the source's SHA-256 (the output's is
-        known only once written), so a resumed run skips what it finished or excluded."""
+        """The files de-identified: journaled with a keyed mark of the source's SHA-256 (the
+        output's is known only once written; the plain hash would link the export to the
+        archive), so a resumed run skips what it finished or excluded."""
         rows = []
         for i, item in enumerate(items, 1):
             record, path = item.record, deid.path(item.record)
+            source = deid.source_mark(record.sha256)
             entry = self.done.get(path)
             target = self.folder / path
             done = (
                 entry is not None
-                and entry.get("source_sha256") == record.sha256
+                and entry.get("source") == source
                 and (
                     entry["kind"] == "excluded"
                     or (target.is_file() and target.stat().st_size == entry["size"])
@@ -357,10 +359,10 @@ class _Export:
                 try:
                     written = deid.write_instance(self.store, record, self.folder / path)
                 except Excluded as exc:
-                    entry = {"kind": "excluded", "path": path, "source_sha256": record.sha256,
+                    entry = {"kind": "excluded", "path": path, "source": source,
                              "reason": exc.message}  # fmt: skip
                 else:
-                    entry = {"kind": "file", "path": path, "source_sha256": record.sha256,
+                    entry = {"kind": "file", "path": path, "source": source,
                              "sha256": written.sha256, "size": written.size}  # fmt: skip
                     self.written += 1
                 self._append(entry)

@@ -66,6 +66,11 @@ class ExportDeid:
             return None
         return self.deid.keys.patient_pseudonym(self.deid.fhir.patient_system, mrn)
 
+    def source_mark(self, sha256: str) -> str:
+        """What the journal keeps of a source file's SHA-256: a keyed code (the plain hash
+        would tie the export to the archive's files)."""
+        return self.deid.keys.identifier("source-sha256", sha256)
+
     def uid(self, uid: str) -> str:
         return self.deid.keys.uid(uid)
 

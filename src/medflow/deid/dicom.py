@@ -61,7 +61,7 @@ import pydicom
 from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -85,6 +85,31 @@ Mode = Literal["D", "C"] | None
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN"})
 LONG_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 IDENTIFYING_VRS = frozenset({"PN", "LO", "SH", "AE", "DA", "DT", "UC", "LT", "ST", "UT"})
+EXTRA_REMOVED = frozenset({
+    0x00081190,  # Retrieve URL: the source archive's address with the original UIDs
+    0x0040E010,  # Retrieve URI
+    0x00420010,  # Document Title (free text naming the patient)
+    0x0040E001,  # HL7 Instance Identifier (the source's document id)
+    0x00080051,  # Issuer of Accession Number Sequence (the issuing institution)
+})  # fmt: skip
+"""Standard attributes Table E.1-1 does not list that carry the source's identity: removed."""
+SAME_AS_FHIR = frozenset({0x00400512, 0x00400551})
+"""Container Identifier and Specimen Identifier (D in the table): the pseudonym FHIR gives the
+same value (``keys.identifier("id", value)``), so a slide stays linked to its Specimen."""
+SCRUB = re.compile(
+    r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b"  # 3/14/2024, 14.03.24
+    r"|\b(?:19|20)\d{2}-?\d{2}-?\d{2}\b"  # 2024-03-14, 20240314
+    r"|(?P<digits>\+?\(?\d[\d ().-]{5,}\d)"  # phone numbers, long ids (7+ digits: _scrub)
+    r"|[\w.+-]+@[\w-]+\.[\w.-]+"  # e-mail addresses
+    r"|\b\d+\s+(?:[A-Z][\w'-]*\s+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|"
+    r"Boulevard|Blvd|Way|Court|Ct|Place|Pl|Square|Sq)\b\.?",  # 12 Elm Street
+    re.IGNORECASE,
+)
+"""What cleaning removes from text besides the instance's own identifying values: dates,
+phone numbers and long digit runs, e-mail and street addresses (PS3.15 E.3.5 asks cleaning
+to remove what identifies; values not in the header are only found by such patterns)."""
+NO_PATIENT_SYSTEM = "urn:medflow:deid:study"
+"""The key system of an instance without PatientID (value: its StudyInstanceUID)."""
 DUMMY_TEXT = "ANONYMIZED"
 DUMMY_PN = "ANONYMOUS"
 CLEANED = "***"
@@ -181,6 +206,18 @@ def _date_variants(text: str) -> list[str]:
     return [text, text[:8], f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{m}/{d}/{y}", f"{d}/{m}/{y}"]
 
 
+def _scrub(match: re.Match[str]) -> str:
+    """A :data:`SCRUB` match cleaned; a run of digits only when it looks like a phone number
+    or an id: 8 digits or more, or 7 with a ``+``, ``(`` or ``-`` ("T1 3.0 1.5 2.0" in a
+    series description stays)."""
+    digits = match.group("digits")
+    if digits is not None:
+        count = sum(c.isdigit() for c in digits)
+        if count < 7 or (count == 7 and not set(digits) & set("+(-")):
+            return match.group(0)
+    return CLEANED
+
+
 def _pattern(values: set[str]) -> re.Pattern[str] | None:
     """A case-insensitive pattern of the identifying ``values`` (3 characters or more). Those
     under 8 characters match only where they are not glued to more letters (or digits, for a
@@ -251,6 +288,8 @@ class DicomDeidentifier:
 
         Raises :class:`Excluded` for burned-in text that the profile cannot blank."""
         out = copy.deepcopy(ds)
+        if isinstance(out, FileDataset):
+            out.preamble = b"\0" * 128  # the source's (a TIFF header, a vendor's) never travels
         ctx = self._context(out)
         self._burned_in(out, ctx)
         self._walk(out, ctx, None)
@@ -288,6 +327,8 @@ class DicomDeidentifier:
         issuer = str(ds.get("IssuerOfPatientID", "") or "")
         system = patient_system(issuer, default=self.patient_system, use_issuer=self.use_issuer)
         pid = str(ds.get("PatientID", "") or "").strip()
+        if not pid:  # no PatientID: keyed on the study, so two such patients never merge
+            system, pid = NO_PATIENT_SYSTEM, str(ds.get("StudyInstanceUID", "") or "").strip()
         shift = self.keys.date_shift(system, pid) if pid else self.keys.default_shift()
         values: set[str] = set()
         self._collect(ds, values)
@@ -357,10 +398,17 @@ class DicomDeidentifier:
 
     def _element(self, ds: Dataset, elem: DataElement, ctx: _Context, mode: Mode) -> None:
         action = self.table.action(elem.tag, self.options)
+        if action is None and elem.tag in EXTRA_REMOVED:
+            del ds[elem.tag]
+            return
+        if action == "D" and elem.tag in SAME_AS_FHIR:
+            value = str(elem.value or "").strip()
+            elem.value = self.keys.identifier("id", value) if value else DUMMY_TEXT
+            return
         if elem.VR == "SQ":
             self._sequence(ds, elem, action, ctx, mode)
         elif action is None:
-            self._unlisted(elem, ctx, mode)
+            self._unlisted(ds, elem, ctx, mode)
         elif action == "X":
             del ds[elem.tag]
         elif action == "K":
@@ -380,8 +428,9 @@ class DicomDeidentifier:
         if action == "X":
             del ds[elem.tag]
             return
-        if action == "Z":
-            elem.value = Sequence()
+        row = self.table.row(elem.tag)
+        if action == "Z" or (action == "D" and row is not None and "Z" in row["basic"].split("/")):
+            elem.value = Sequence()  # X/Z/D code sequences (institution, person): emptied
             return
         inner: Mode = mode
         if action == "D":
@@ -391,13 +440,18 @@ class DicomDeidentifier:
         for item in elem.value or []:
             self._walk(item, ctx, inner)
 
-    def _unlisted(self, elem: DataElement, ctx: _Context, mode: Mode) -> None:
-        """A standard attribute Table E.1-1 does not list: kept, except UIDs (E.3.9) and
-        free text inside a D or C sequence."""
+    def _unlisted(self, ds: Dataset, elem: DataElement, ctx: _Context, mode: Mode) -> None:
+        """A standard attribute Table E.1-1 does not list: kept, except UIDs (E.3.9), URLs
+        (removed: they address the source), person names (a dummy) and free text (cleaned;
+        inside a D sequence long text becomes a dummy)."""
         if elem.VR == "UI":
             if not self.profile.has(Option.RETAIN_UIDS):
                 self._uid(elem)
-        elif mode is not None and elem.VR in TEXT_VRS and _values(elem):
+        elif elem.VR == "UR":
+            del ds[elem.tag]
+        elif elem.VR == "PN" and _values(elem):
+            elem.value = DUMMY_PN
+        elif elem.VR in TEXT_VRS and _values(elem):
             if mode == "D" and (elem.VR in LONG_TEXT_VRS or elem.tag == TEXT_VALUE):
                 elem.value = DUMMY_TEXT
             else:
@@ -462,10 +516,10 @@ class DicomDeidentifier:
             self._clean_text(elem, ctx)
 
     def _clean_text(self, elem: DataElement, ctx: _Context) -> None:
-        if ctx.pattern is None:
-            return
         pattern = ctx.pattern
-        cleaned = [pattern.sub(CLEANED, str(v)) for v in _values(elem)]
+        cleaned = [SCRUB.sub(_scrub, str(v)) for v in _values(elem)]
+        if pattern is not None:
+            cleaned = [pattern.sub(CLEANED, v) for v in cleaned]
         if elem.VR in ("AE", "CS", "SH") and any(CLEANED in v for v in cleaned):
             cleaned = [DUMMY_TEXT if CLEANED in v else v for v in cleaned]
         if cleaned:
@@ -483,9 +537,24 @@ class DicomDeidentifier:
         flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
         modality = str(ds.get("Modality", "") or "").strip().upper()
         risky = {m.upper() for m in self.profile.burned_in_modalities}
-        if flag != "YES" and not (modality in risky and flag != "NO"):
+        image_type = (
+            {str(v).strip().upper() for v in _values(ds["ImageType"])}
+            if "ImageType" in ds
+            else set()
+        )
+        why = ""
+        if flag == "YES":
+            why = "BurnedInAnnotation YES"
+        elif str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+            why = "RecognizableVisualFeatures YES"
+        elif str(ds.get("SpecimenLabelInImage", "") or "").strip().upper() == "YES":
+            why = "SpecimenLabelInImage YES"
+        elif image_type & {"LABEL", "OVERVIEW"}:  # slide labels and macro photos (WSI)
+            why = f"a {'label' if 'LABEL' in image_type else 'overview'} image"
+        elif modality in risky and flag != "NO":
+            why = f"modality {modality or '?'}"
+        if not why:
             return
-        why = "BurnedInAnnotation YES" if flag == "YES" else f"modality {modality or '?'}"
         if self.profile.burned_in.policy == "exclude":
             raise Excluded(f"may contain burned-in text ({why}); the profile excludes such")
         if "PixelData" not in ds:

@@ -439,7 +439,7 @@ class FhirDeidentifier:
             return self._walk(value, f.child, steps, None, ctx) or None
         if method == "pseudonym" and f.type == "Identifier":
             out = self._walk(value, f.child, steps, None, ctx)
-            pseudonym = self._pseudo_identifier(value)
+            pseudonym = self._pseudo_identifier(value, f.base)
             if pseudonym is not None:
                 out["value"] = pseudonym
             return out or None
@@ -490,7 +490,11 @@ class FhirDeidentifier:
             f = fields[present[0]]
             out[f.json if f.kind != _PRIM else "_" + f.json] = _masked(f)
 
-    def _pseudo_identifier(self, identifier: dict[str, Any]) -> str | None:
+    def _pseudo_identifier(self, identifier: dict[str, Any], element: str = "") -> str | None:
+        """The pseudonym of an Identifier's value: the patient's for the patient system, a
+        mapped UID for ``urn:oid:``, the accession code for ACSN-typed ones and
+        Specimen.accessionIdentifier (as DICOM AccessionNumber), else ``identifier("id",
+        value)``, which the DICOM side gives Specimen and Container Identifiers too."""
         value, system = identifier.get("value"), identifier.get("system")
         if not isinstance(value, str):
             return None
@@ -499,9 +503,11 @@ class FhirDeidentifier:
         if value.startswith("urn:oid:"):
             return "urn:oid:" + self._uid(value[8:])
         codings = (identifier.get("type") or {}).get("coding") or ()
-        if any((c.get("system"), c.get("code")) == ACSN for c in codings if isinstance(c, dict)):
+        if element == "accessionIdentifier" or any(
+            (c.get("system"), c.get("code")) == ACSN for c in codings if isinstance(c, dict)
+        ):
             return self.keys.identifier("accession", value)
-        return self.keys.identifier(system if isinstance(system, str) else "", value)
+        return self.keys.identifier("id", value)
 
     # -- files -------------------------------------------------------------------------------
 

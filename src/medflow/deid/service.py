@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -69,9 +70,13 @@ class Deidentification:
         return cls(keys, dicom, fhir, name)
 
     def fingerprint(self) -> str:
-        """Names this key and profile without revealing the key (an export made with another
-        key or profile is not resumed with this one)."""
-        mark = self.keys.identifier("fingerprint", self.profile)
+        """Names this key, profile (its content), FHIR rules and patient identity system
+        without revealing the key: an export made with any other is not resumed with this."""
+        settings = json.dumps([
+            self.dicom.profile.model_dump(mode="json"), self.fhir.rules.model_dump(mode="json"),
+            self.fhir.patient_system, self.fhir.use_issuer, self.keys.max_shift_days,
+        ], sort_keys=True, default=str)  # fmt: skip
+        mark = self.keys.identifier("fingerprint", settings)
         return hashlib.sha256(f"{self.profile}|{mark}".encode()).hexdigest()[:16]
 
 

@@ -6,8 +6,8 @@ what=${1:-run}
 pkgs=()
 case "$what" in
   venv) pkgs=(python3-venv) ;;
-  run)  pkgs=() ;;                      # the archive needs nothing beyond Python today
-  test) pkgs=(dcmtk orthanc dicom3tools chromium) ;;  # DIMSE peers (dcmtk, Orthanc); dciodvfy checks generated DICOM; headless Chromium for the web UI tests
+  run)  pkgs=(libturbojpeg0) ;;         # opentile (whole-slide conversion) loads libjpeg-turbo
+  test) pkgs=(libturbojpeg0 dcmtk orthanc dicom3tools chromium) ;;  # DIMSE peers (dcmtk, Orthanc); dciodvfy checks generated DICOM; headless Chromium for the web UI tests
   *) echo "usage: $0 run|test|venv" >&2; exit 2 ;;
 esac
 missing=()

@@ -23,6 +23,8 @@ from medflow.dimse.server import DimseServer
 from medflow.fhir.api import build_fhir_router
 from medflow.fhir.export import ExportService
 from medflow.fhir.service import FhirService
+from medflow.pathology.api import build_pathology_router
+from medflow.pathology.service import PathologyService
 from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
@@ -42,6 +44,7 @@ class Container:
     export: ExportService
     cohorts: CohortTracker
     cohort_exports: CohortExports
+    pathology: PathologyService
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
 
@@ -90,12 +93,13 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
             settings=settings,
             root=(settings.data_dir / "exports" / "cohorts").resolve(),
         ),
+        pathology=PathologyService(store=store),
     )
 
 
 def create_app(container: Container) -> FastAPI:
     """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir``, tracked
-    cohorts under ``/api/cohorts`` and ``GET /healthz``."""
+    cohorts under ``/api/cohorts``, whole-slide import at ``/api/wsi`` and ``GET /healthz``."""
     app = FastAPI(
         title="medflow",
         version=__version__,
@@ -119,6 +123,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_router())
     app.include_router(build_fhir_router())
     app.include_router(build_cohort_router())
+    app.include_router(build_pathology_router())
     app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])

@@ -23,6 +23,7 @@ from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.cli.sync import sync_app
 from medflow.cli.views import views_app
+from medflow.cli.wsi import wsi_app
 from medflow.core.logging import configure
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(views_app, name="views")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(deid_app, name="deid")
+app.add_typer(wsi_app, name="wsi")
 cohort_app.command("export")(cohort_export)
 app.command()(send)
 

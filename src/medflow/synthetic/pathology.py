@@ -25,6 +25,10 @@ lower levels (a third of the base's pixels) are kept in memory to be written aft
 
 The file says nothing of the diagnosis; identifiers for the DICOM conversion are in a sidecar
 JSON (:func:`sidecar`), the ground truth (malignant, tumour boxes) in :func:`slide_truth`.
+
+Other flavours, for the whole-slide import's tests: ``write_slide(associated=True)`` appends
+the label and macro pages an Aperio scanner writes (:func:`associated_images`), and
+:func:`medflow.synthetic.ome.write_ome_slide` writes the same pixels as an OME-TIFF.
 """
 
 from __future__ import annotations
@@ -562,28 +566,43 @@ def _halve(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.asarray(Image.fromarray(image).reduce(2))
 
 
-def write_slide(plan: PatientPlan, folder: Path, *, size: int = DEFAULT_SIZE) -> Path:
-    """Write the slide of ``plan``'s biopsy as ``folder/<slide id>.tiff`` (see the module's
-    docstring) and its identifiers as ``folder/<slide id>.json``; returns the TIFF's path."""
-    check_size(size)
-    meta = sidecar(plan, size)
-    render = _Renderer(_layout(plan, size))
-    sides = levels(size)
-    # the level below the base (or, for a one-level slide, a copy of the base for the thumbnail)
-    shrink = 2 if len(sides) > 1 else 1
-    kept = np.empty((size // shrink, size // shrink, 3), np.uint8)
-    part = TILE // shrink
+class BaseTiles:
+    """The base level of ``plan``'s slide, tile by tile (:meth:`tiles`, row-major), keeping the
+    level below it in :attr:`kept` as the tiles go by (for a one-level slide, a copy of the
+    base, for the thumbnail): what every flavour of the slide writes first."""
 
-    def base() -> Iterator[NDArray[np.uint8]]:
-        for ty in range(size // TILE):
-            for tx in range(size // TILE):
+    def __init__(self, plan: PatientPlan, size: int) -> None:
+        self.size = size
+        self.render = _Renderer(_layout(plan, size))
+        self.shrink = 2 if len(levels(size)) > 1 else 1
+        self.kept = np.empty((size // self.shrink, size // self.shrink, 3), np.uint8)
+
+    def tiles(self) -> Iterator[NDArray[np.uint8]]:
+        render, part = self.render, TILE // self.shrink
+        for ty in range(self.size // TILE):
+            for tx in range(self.size // TILE):
                 tile = render.tile(tx, ty)
-                if shrink == 1:
+                if self.shrink == 1:
                     small = tile
                 else:
                     small = render.glass_half if tile is render.glass else _halve(tile)
-                kept[ty * part : (ty + 1) * part, tx * part : (tx + 1) * part] = small
+                self.kept[ty * part : (ty + 1) * part, tx * part : (tx + 1) * part] = small
                 yield tile
+
+
+def write_slide(
+    plan: PatientPlan, folder: Path, *, size: int = DEFAULT_SIZE, associated: bool = False
+) -> Path:
+    """Write the slide of ``plan``'s biopsy as ``folder/<slide id>.tiff`` (see the module's
+    docstring) and its identifiers as ``folder/<slide id>.json``; returns the TIFF's path.
+    ``associated`` appends the label (LZW strips, NewSubfileType 1) and macro (JPEG strips,
+    NewSubfileType 9) pages an Aperio scanner writes (:func:`associated_images`); without it
+    the file is what it always was, byte for byte."""
+    check_size(size)
+    meta = sidecar(plan, size)
+    sides = levels(size)
+    source = BaseTiles(plan, size)
+    shrink, kept, base = source.shrink, source.kept, source.tiles
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{plan.slide_id}.tiff"
@@ -623,6 +642,47 @@ def write_slide(plan: PatientPlan, folder: Path, *, size: int = DEFAULT_SIZE) ->
                 **common,
                 description=_description(plan, size, image.shape[0], "level"),
             )
-    text = json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    (folder / f"{plan.slide_id}.json").write_text(text, encoding="utf-8")
+        if associated:
+            label, macro = associated_images(plan, thumbnail)
+            lzw = {**common, "compression": "lzw", "compressionargs": None, "subsampling": None}
+            tif.write(label, rowsperstrip=label.shape[0], subfiletype=1,
+                      description=f"Aperio Image Library medflow synthetic\r\nlabel "
+                                  f"{label.shape[1]}x{label.shape[0]}", **lzw)  # fmt: skip
+            tif.write(macro, rowsperstrip=16, subfiletype=9,
+                      description=f"Aperio Image Library medflow synthetic\r\nmacro "
+                                  f"{macro.shape[1]}x{macro.shape[0]}", **common)  # fmt: skip
+    write_sidecar(meta, folder)
     return path
+
+
+def write_sidecar(meta: dict[str, Any], folder: Path) -> None:
+    text = json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    (folder / f"{meta['ContainerIdentifier']}.json").write_text(text, encoding="utf-8")
+
+
+LABEL_SIZE = (256, 320)
+"""(height, width) of the label image: the slide's end, 25 mm across."""
+MACRO_SIZE = (320, 960)
+"""(height, width) of the macro (overview) image: the whole 25 x 75 mm slide."""
+
+
+def associated_images(
+    plan: PatientPlan, thumbnail: NDArray[np.uint8]
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The label (its text, :func:`label_text`, in black on white) and the macro image (the
+    glass slide: the label at its left end, the tissue ``thumbnail`` in the middle), as RGB."""
+    from PIL import ImageDraw
+
+    label = Image.new("RGB", LABEL_SIZE[::-1], (250, 250, 246))
+    draw = ImageDraw.Draw(label)
+    draw.rectangle((8, 8, LABEL_SIZE[1] - 9, LABEL_SIZE[0] - 9), outline=(30, 30, 30), width=2)
+    for i, line in enumerate(label_text(plan).splitlines()):
+        draw.text((20, 24 + 28 * i), line, fill=(10, 10, 10))
+    height, width = MACRO_SIZE
+    macro = Image.new("RGB", (width, height), (236, 238, 240))
+    macro.paste(label.resize((height * LABEL_SIZE[1] // LABEL_SIZE[0], height)), (0, 0))
+    tissue = Image.fromarray(thumbnail)
+    side = min(height - 32, width // 2)
+    tissue = tissue.resize((side, side))
+    macro.paste(tissue, ((width + height) // 2 - side // 2, (height - side) // 2))
+    return np.asarray(label), np.asarray(macro)

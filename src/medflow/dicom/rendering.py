@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -313,18 +313,40 @@ def encode(pil: Image.Image, media_type: str, quality: int) -> bytes:
 def render_frame(fp: BinaryIO, header: Dataset, number: int, opts: RenderOptions) -> bytes:
     """Frame ``number`` (1-based) of the stored object in ``fp`` rendered per ``opts``."""
     arr = decode_array(fp, number, str(header.file_meta.TransferSyntaxUID))
+    return render_array(arr, header, number - 1, opts)
+
+
+def render_array(
+    arr: Array,
+    header: Dataset,
+    index: int,
+    opts: RenderOptions,
+    *,
+    crop: bool = True,
+    flip: tuple[bool, bool] = (False, False),
+) -> bytes:
+    """Decoded pixels (frame ``index``, 0-based, for per-frame attributes) rendered per
+    ``opts``; with ``crop=False`` they are already the viewport's source region (a region
+    composed from tiles), flipped per ``flip`` (horizontally, vertically)."""
     try:
         samples = int(header.get("SamplesPerPixel") or 1)
         photometric = str(header.get("PhotometricInterpretation", ""))
-        if samples > 1 or photometric == "PALETTE COLOR":
+        if samples > 1 or photometric == "PALETTE COLOR" or arr.ndim == 3:
             img = color_to_8bit(arr, header)
         else:
-            img = grayscale_to_8bit(arr, header, number - 1, opts.window)
+            img = grayscale_to_8bit(arr, header, index, opts.window)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise Unsupported(f"the image cannot be rendered: {type(exc).__name__}") from exc
     if img.ndim == 3 and img.shape[2] != 3:
         raise Unsupported("only grayscale and 3-sample color images can be rendered")
-    return encode(_geometry(img, opts), opts.media_type, opts.quality)
+    if flip[0]:
+        img = img[:, ::-1]
+    if flip[1]:
+        img = img[::-1]
+    if not crop and opts.viewport is not None:
+        vp = opts.viewport
+        opts = replace(opts, viewport=Viewport(vp.width, vp.height))
+    return encode(_geometry(np.ascontiguousarray(img), opts), opts.media_type, opts.quality)
 
 
 __all__ = [
@@ -339,5 +361,6 @@ __all__ = [
     "parse_quality",
     "parse_viewport",
     "parse_window",
+    "render_array",
     "render_frame",
 ]

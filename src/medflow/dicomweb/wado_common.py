@@ -49,7 +49,7 @@ def multipart_bytes(dash: bytes, content_type: str, bodies: list[bytes]) -> byte
 
 def one_record(store: StoreService, study: str, series: str, instance: str) -> InstanceRecord:
     """The index record of one instance (``NotFound`` when there is none)."""
-    return store.find_instances(study_uid=study, series_uid=series, sop_uid=instance)[0]
+    return store.find_instance(study_uid=study, series_uid=series, sop_uid=instance)
 
 
 __all__ = [

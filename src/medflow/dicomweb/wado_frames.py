@@ -4,8 +4,13 @@ compressed), or with ``transfer-syntax=*`` or a matching image media type (PS3.1
 the stored compressed frames, unchanged, with their media type and transfer syntax. Frame lists
 (PS3.18 §8.2): malformed, zero or negative numbers are 400, numbers beyond NumberOfFrames 404.
 
-A request takes one worker-thread hop: the index lookup, the few header elements that give the
-frame geometry, and the frames' bytes (a native frame is one read at its offset). Frames up to
+A request takes one worker-thread hop: the index lookup (one prepared statement), the frame
+geometry and the frames' bytes. Native frames are one read at their offset; encapsulated frames
+(whole slide images: tens of thousands of JPEG tiles) are found through the instance's cached
+layout (``frame_cache``: the header elements and an index of every frame's fragments, built
+once per blob from the Extended or Basic Offset Table or the fragments' item headers), so a
+tile is one seek and one read, returned as stored (``image/jpeg`` with the JPEG baseline
+transfer syntax when the client accepts it). Frames up to
 ``FRAME_BUDGET`` bytes are answered as one body; the rest of a larger request streams, read in
 batches of about that size with the instance held open.
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,6 +33,7 @@ from medflow.core.errors import InvalidInput, NotFound, Unsupported
 from medflow.dicom import pixels
 from medflow.dicom.attributes import find_element
 from medflow.dicom.multipart import CRLF, multipart_content_type, new_boundary, parse_accept
+from medflow.dicomweb import frame_cache
 from medflow.dicomweb.deps import StoreDep
 from medflow.dicomweb.errors import DicomwebRoute, NotAcceptable
 from medflow.dicomweb.wado_common import (
@@ -89,16 +95,25 @@ class Frames:
     rest: list[int]
     opened: OpenInstance | None
     """Still open when ``rest`` is not empty."""
+    layout: frame_cache.Layout | None = None
+    """The instance's cached layout (None for native pixel data settled by the index)."""
+
+
+def _stored_or_decoded(opened: OpenInstance, frames: Frames, numbers: list[int]) -> Iterator[bytes]:
+    index = frames.layout.index if frames.layout is not None else None
+    if frames.mode.as_stored and index is not None:
+        return (index.read(opened.fp, n) for n in numbers)
+    return pixels.iter_frames(opened.fp, frames.info, numbers, as_stored=frames.mode.as_stored)
 
 
 def _read_some(
-    opened: OpenInstance, info: pixels.FrameInfo, mode: pixels.FrameMode, numbers: list[int]
+    opened: OpenInstance, frames: Frames, numbers: list[int]
 ) -> tuple[list[bytes], list[int]]:
     """Frames from the start of ``numbers`` up to about ``FRAME_BUDGET`` bytes (at least
     one), and the numbers left."""
     out: list[bytes] = []
     total = 0
-    for frame in pixels.iter_frames(opened.fp, info, numbers, as_stored=mode.as_stored):
+    for frame in _stored_or_decoded(opened, frames, numbers):
         out.append(frame)
         total += len(frame)
         if total >= FRAME_BUDGET:
@@ -108,9 +123,10 @@ def _read_some(
 
 def _frame_info(
     opened: OpenInstance, record: InstanceRecord, numbers: list[int] | None
-) -> pixels.FrameInfo:
+) -> tuple[pixels.FrameInfo, frame_cache.Layout | None]:
     """Frame geometry: from the index when it settles it (native pixel data), else from the
-    few header elements that give it."""
+    instance's cached layout (the few header elements that give it and, for encapsulated
+    pixel data, the index of its frames' fragments)."""
     info = pixels.indexed_frame_info(
         transfer_syntax_uid=record.transfer_syntax_uid,
         rows=record.rows,
@@ -121,16 +137,12 @@ def _frame_info(
         pixel_data_length=record.pixel_data_length,
     )
     if info is not None:
-        return info
-    header = pixels.read_header(opened.fp, tags=pixels.FRAME_TAGS)
+        return info, None
     try:
-        return pixels.frame_info(
-            header,
-            pixel_data_offset=record.pixel_data_offset,
-            pixel_data_length=record.pixel_data_length,
-        )
+        found = frame_cache.layout(opened.fp, record)
     except Unsupported as exc:
         raise (NotFound(exc.message) if numbers is None else InvalidInput(exc.message)) from exc
+    return found.info, found
 
 
 def _load_frames(
@@ -141,20 +153,22 @@ def _load_frames(
     status, not a broken stream."""
     opened = OpenInstance(store, record)
     try:
-        info = _frame_info(opened, record, numbers)
+        info, found = _frame_info(opened, record, numbers)
         numbers = numbers or list(range(1, info.number_of_frames + 1))
         pixels.check_frame_numbers(numbers, info)
-        mode = _choose_frame_mode(accept, info)
+        frames = Frames(info, _choose_frame_mode(accept, info), [], [], None, found)
         try:
-            read, rest = _read_some(opened, info, mode, numbers)
+            frames.read, frames.rest = _read_some(opened, frames, numbers)
         except Unsupported as exc:
             raise NotAcceptable(exc.message) from exc
     except BaseException:
         opened.close()
         raise
-    if not rest:
+    if frames.rest:
+        frames.opened = opened
+    else:
         opened.close()
-    return Frames(info, mode, read, rest, opened if rest else None)
+    return frames
 
 
 async def _frames_tail(frames: Frames, dash: bytes, first: bytes) -> AsyncIterator[bytes]:
@@ -167,7 +181,7 @@ async def _frames_tail(frames: Frames, dash: bytes, first: bytes) -> AsyncIterat
         yield first
         rest = frames.rest
         while rest:
-            read, rest = await run_in_threadpool(_read_some, opened, frames.info, frames.mode, rest)
+            read, rest = await run_in_threadpool(_read_some, opened, frames, rest)
             yield b"".join(piece for frame in read for piece in (head, frame, CRLF))
         yield closing(dash)
     finally:
@@ -202,7 +216,34 @@ def _frames_job(
     record = one_record(store, study, series, instance)
     if record.pixel_data_offset is None:
         raise InvalidInput("the instance has no Pixel Data; it has no frames")
-    return _load_frames(store, record, numbers, accept)
+    remote = _remote_frames(store, record, numbers, accept)
+    return remote if remote is not None else _load_frames(store, record, numbers, accept)
+
+
+def _remote_frames(
+    store: StoreService, record: InstanceRecord, numbers: list[int], accept: str | None
+) -> Frames | None:
+    """Stored frames of a blob that is not a local file (S3) whose layout is cached: read by
+    range requests, not by downloading the object (a slide's level can be gigabytes); None
+    when that does not apply (the object is then opened as a whole)."""
+    found = frame_cache.cached(record.blob_key)
+    if found is None or found.index is None or store.blobs.is_local:
+        return None
+    pixels.check_frame_numbers(numbers, found.info)
+    mode = _choose_frame_mode(accept, found.info)
+    index = found.index
+    size = sum(length for n in numbers for _, length in index.spans(n))
+    if not mode.as_stored or size > FRAME_BUDGET:
+        return None
+
+    def read(offset: int, length: int) -> bytes:
+        return store.read_range(record, offset, length)
+
+    try:
+        read_frames = [index.read_with(read, n) for n in numbers]
+    except Unsupported as exc:
+        raise NotAcceptable(exc.message) from exc
+    return Frames(found.info, mode, read_frames, [], None, found)
 
 
 @router.get(

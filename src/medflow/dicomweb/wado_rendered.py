@@ -6,22 +6,33 @@ instances (first frame each); a frame list of more than one frame is multipart t
 is one image: for a study or series the middle image instance of its first series with images,
 at most 128 pixels a side unless a viewport is given. Objects without pixel data are 406.
 
+Whole slide images (PS3.3 C.8.12.4, TILED_FULL): an instance's rendered resource renders its
+Total Pixel Matrix, the ``viewport`` source region (§8.3.5.1.3) composed from the tiles it
+covers (only those decoded, through the cached frame index) and scaled to ``vw,vh``; a frame's
+rendered resource renders that tile. The thumbnail of a study or series of slides is the
+slide's overview: its THUMBNAIL image, else the smallest VOLUME level, else the OVERVIEW.
+
 A single image takes one worker-thread hop (index lookup, decoding, rendering); a multipart
 response renders one image per hop as it streams.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any, BinaryIO
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import MedflowError, Unsupported
-from medflow.dicom import pixels, rendering
+from medflow.dicom import pixels, rendering, tiles
 from medflow.dicom.multipart import CRLF, multipart_content_type, new_boundary, parse_accept
+from medflow.dicomweb import frame_cache
 from medflow.dicomweb.deps import StoreDep
 from medflow.dicomweb.errors import DicomwebRoute, NotAcceptable
 from medflow.dicomweb.wado_common import (
@@ -39,6 +50,7 @@ from medflow.store.records import InstanceRecord
 from medflow.store.service import StoreService
 
 log = logging.getLogger(__name__)
+Array = np.ndarray[Any, Any]
 router = APIRouter(route_class=DicomwebRoute, tags=["WADO-RS"])
 
 
@@ -93,27 +105,62 @@ def _is_image(record: InstanceRecord) -> bool:
     return record.rows is not None and record.pixel_data_offset is not None
 
 
+def _tile_array(fp: BinaryIO, found: frame_cache.Layout, number: int) -> Array:
+    """One frame decoded: from its stored bytes through the frame index (Pillow for JPEG and
+    JPEG 2000), else by pydicom."""
+    ts = found.info.transfer_syntax_uid
+    if found.index is not None:
+        arr = tiles.decode_tile(found.index.read(fp, number), ts)
+        if arr is not None:
+            return arr
+    return pixels.decode_array(fp, number, ts)
+
+
+def _render_tiled(fp: BinaryIO, found: frame_cache.Layout, opts: rendering.RenderOptions) -> bytes:
+    """A TILED_FULL image rendered over its Total Pixel Matrix: the viewport's source region
+    (PS3.18 §8.3.5.1.3; the whole matrix by default) composed from the tiles it covers, only
+    those decoded, then scaled to the viewport."""
+    grid = found.grid
+    assert grid is not None
+    vp = opts.viewport
+    region, flip_x, flip_y = tiles.clip_region(
+        grid,
+        vp.sx if vp else 0,
+        vp.sy if vp else 0,
+        vp.sw if vp else None,
+        vp.sh if vp else None,
+    )
+    arr = tiles.compose_region(grid, region, lambda n: _tile_array(fp, found, n))
+    return rendering.render_array(arr, found.header, 0, opts, crop=False, flip=(flip_x, flip_y))
+
+
 def _render(
-    store: StoreService, record: InstanceRecord, number: int, opts: rendering.RenderOptions
+    store: StoreService,
+    record: InstanceRecord,
+    number: int,
+    opts: rendering.RenderOptions,
+    *,
+    whole: bool = False,
 ) -> bytes:
-    """One frame of one instance rendered; 404 for a missing frame, 406 when it cannot be."""
+    """One frame of one instance rendered, or with ``whole`` a tiled image's Total Pixel
+    Matrix (a frame otherwise); 404 for a missing frame, 406 when it cannot be rendered."""
     if not _is_image(record):
         raise NotAcceptable("the instance has no pixel data and cannot be rendered as an image")
     with store.open_instance(record) as fp:
-        header = pixels.read_header(fp)
         try:
-            info = pixels.frame_info(
-                header,
-                pixel_data_offset=record.pixel_data_offset,
-                pixel_data_length=record.pixel_data_length,
-            )
+            found = frame_cache.layout(fp, record)
         except Unsupported as exc:
             raise NotAcceptable(exc.message) from exc
-        pixels.check_frame_numbers([number], info)
-        if info.transfer_syntax_uid in pixels.VIDEO_SYNTAXES:
+        pixels.check_frame_numbers([number], found.info)
+        if found.info.transfer_syntax_uid in pixels.VIDEO_SYNTAXES:
             raise NotAcceptable("video cannot be rendered as a still image")
         try:
-            return rendering.render_frame(fp, header, number, opts)
+            if found.grid is not None and whole:
+                return _render_tiled(fp, found, opts)
+            if found.grid is not None and found.info.samples_per_pixel == 3:
+                arr = _tile_array(fp, found, number)
+                return rendering.render_array(arr, found.header, number - 1, opts)
+            return rendering.render_frame(fp, pixels.read_header(fp), number, opts)
         except Unsupported as exc:
             raise NotAcceptable(exc.message) from exc
 
@@ -164,18 +211,60 @@ async def _rendered_many(
 
 
 def _render_instance(
-    store: StoreService, study: str, series: str, instance: str, number: int, opts: Options
+    store: StoreService,
+    study: str,
+    series: str,
+    instance: str,
+    number: int,
+    opts: Options,
+    *,
+    whole: bool = False,
 ) -> bytes:
     record = one_record(store, study, series, instance)
-    return _render(store, record, number, _checked(opts))
+    return _render(store, record, number, _checked(opts), whole=whole)
 
 
-def _representative(records: list[InstanceRecord]) -> InstanceRecord:
-    """The middle image instance of the first series that has images."""
+SLIDE_PREFERENCE = {"THUMBNAIL": 0, "VOLUME": 1, "OVERVIEW": 2}
+"""Which image of a slide is its overview: a THUMBNAIL, else the smallest VOLUME level, else
+the OVERVIEW (macro image of the glass); a LABEL (it carries identifiers) only when alone."""
+
+
+def _json_first(obj: dict[str, Any], tag: str, index: int = 0) -> Any:
+    values = obj.get(tag, {}).get("Value") or []
+    return values[index] if len(values) > index else None
+
+
+def _slide_overview(store: StoreService, slides: list[InstanceRecord]) -> InstanceRecord:
+    """The image of a whole slide series to show as its thumbnail (``SLIDE_PREFERENCE``),
+    chosen from the stored metadata (one query; no file is opened: a base level can be
+    gigabytes on S3)."""
+    first = slides[0]
+    texts, _ = store.metadata(study_uid=first.study_uid, series_uid=first.series_uid)
+    by_uid = {}
+    for text in texts:
+        obj = json.loads(text)
+        by_uid[_json_first(obj, "00080018")] = obj
+    ranked: list[tuple[int, int, int, InstanceRecord]] = []
+    for i, record in enumerate(slides):
+        obj = by_uid.get(record.sop_instance_uid, {})
+        flavor = str(_json_first(obj, "00080008", 2) or "").upper()
+        columns = _json_first(obj, "00480007") or record.columns or 0
+        rows = _json_first(obj, "00480006") or record.rows or 0
+        rank = SLIDE_PREFERENCE.get(flavor, len(SLIDE_PREFERENCE))
+        ranked.append((rank, int(columns) * int(rows), i, record))
+    return min(ranked)[3]
+
+
+def _representative(store: StoreService, records: list[InstanceRecord]) -> InstanceRecord:
+    """The middle image instance of the first series that has images; for a whole slide image
+    series (VL Whole Slide Microscopy), the slide's overview (``_slide_overview``)."""
     images = [r for r in records if _is_image(r)]
     if not images:
         raise NotAcceptable("no instance has pixel data for a thumbnail")
     first_series = [r for r in images if r.series_uid == images[0].series_uid]
+    slides = [r for r in first_series if r.sop_class_uid == tiles.VL_WSI]
+    if slides:
+        return _slide_overview(store, slides)
     return first_series[(len(first_series) - 1) // 2]
 
 
@@ -183,7 +272,7 @@ def _render_representative(
     store: StoreService, study: str, series: str | None, opts: Options
 ) -> bytes:
     records = store.find_instances(study_uid=study, series_uid=series)
-    return _render(store, _representative(records), 1, _checked(opts))
+    return _render(store, _representative(store, records), 1, _checked(opts), whole=True)
 
 
 @router.get("/studies/{study}/rendered", summary="Retrieve a rendered study (WADO-RS)")
@@ -208,7 +297,9 @@ async def rendered_instance(
     request: Request, store: StoreDep, study: STUDY, series: SERIES, instance: INSTANCE
 ) -> Response:
     opts = _options(request, thumbnail=False)
-    data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
+    data = await run_in_threadpool(
+        partial(_render_instance, whole=True), store, study, series, instance, 1, opts
+    )
     return Response(data, media_type=_checked(opts).media_type)
 
 
@@ -264,7 +355,9 @@ async def thumbnail_instance(
     request: Request, store: StoreDep, study: STUDY, series: SERIES, instance: INSTANCE
 ) -> Response:
     opts = _options(request, thumbnail=True)
-    data = await run_in_threadpool(_render_instance, store, study, series, instance, 1, opts)
+    data = await run_in_threadpool(
+        partial(_render_instance, whole=True), store, study, series, instance, 1, opts
+    )
     return Response(data, media_type=_checked(opts).media_type)
 
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 
 class BlobStore(Protocol):
+    is_local: bool
+    """Whether blobs are local files (``local_path`` gives a path)."""
+
     def put_file(self, key: str, src: Path) -> None:
         """Make ``src`` (a complete, fsync'd spool file, consumed) durable under ``key``."""
 
@@ -33,6 +36,10 @@ class BlobStore(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """The file's path when the store is a local filesystem, else None."""
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (fewer at the end of the blob), without reading the
+        rest: a whole slide image's tile out of a large object."""
 
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is already gone."""
@@ -58,6 +65,8 @@ def fsync_dir(path: Path) -> None:
 
 
 class FileSystemBlobStore:
+    is_local = True
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +115,11 @@ class FileSystemBlobStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with self.open(key) as fp:
+            fp.seek(offset)
+            return fp.read(length)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
@@ -130,6 +144,8 @@ class FileSystemBlobStore:
 
 class S3BlobStore:
     """Blobs as objects in one bucket under an optional prefix (boto3, any S3-compatible API)."""
+
+    is_local = False
 
     def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
         self.client = client
@@ -185,6 +201,22 @@ class S3BlobStore:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if length <= 0:
+            return b""
+        try:
+            obj = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+        except ClientError as exc:
+            raise NotFound("blob is missing") from exc
+        data: bytes = obj["Body"].read()
+        return data
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

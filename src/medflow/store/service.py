@@ -9,6 +9,7 @@ the two leaves an orphan blob (reported by ``verify``), never a row without its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import shutil
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, bindparam, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +64,21 @@ def _check_uids(*uids: str | None) -> None:
     for uid in uids:
         if uid is not None and not is_valid_uid(uid):
             raise InvalidInput("invalid UID in request")
+
+
+@functools.cache
+def _one_instance() -> Select[Any]:
+    """The statement of ``StoreService.find_instance`` (built once, compiled once)."""
+    return (
+        select(*InstanceRecord.index_columns())
+        .join(Series, Instance.series_pk == Series.pk)
+        .join(Study, Instance.study_pk == Study.pk)
+        .where(
+            Study.study_uid == bindparam("study_uid"),
+            Series.series_uid == bindparam("series_uid"),
+            Instance.sop_instance_uid == bindparam("sop_uid"),
+        )
+    )
 
 
 class StoreService:
@@ -283,6 +299,20 @@ class StoreService:
             )
         return [InstanceRecord.from_row(r) for r in rows]
 
+    def find_instance(self, *, study_uid: str, series_uid: str, sop_uid: str) -> InstanceRecord:
+        """One instance's index record (``NotFound`` when there is none): the hot path of
+        WADO-RS frames (a slide viewer's tile requests), one prepared statement with bound
+        parameters, built once, so no query is constructed or compiled per call."""
+        _check_uids(study_uid, series_uid, sop_uid)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _one_instance(),
+                {"study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid},
+            ).first()
+        if row is None:
+            raise NotFound("no such instance")
+        return InstanceRecord.from_row(row)
+
     def select_instances(
         self,
         *,
@@ -353,6 +383,10 @@ class StoreService:
                 shutil.copyfileobj(src, tmp, 1 << 20)
             tmp.seek(0)
             yield tmp
+
+    def read_range(self, record: InstanceRecord, offset: int, length: int) -> bytes:
+        """Bytes of the stored file at ``offset`` (an S3 range request: no download)."""
+        return self.blobs.read_range(record.blob_key, offset, length)
 
     def iter_bytes(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The stored file as chunks, without loading it whole."""

@@ -1,7 +1,8 @@
 """The web UI edge: HTML pages rendered with Jinja2 (autoescaped) and their static assets.
 
 ``/`` the home page (counts and charts), ``/studies`` the study list, ``/studies/{uid}`` a
-study with its series and an image viewer, ``/cohorts``, ``/cohorts/new`` and
+study with its series and an image viewer, ``/slides/{study}/{series}`` a whole slide image
+viewer (pan and zoom over the pyramid's tiles, WADO-RS frames), ``/cohorts``, ``/cohorts/new`` and
 ``/cohorts/{id}`` the cohort list, builder and a saved cohort (:mod:`medflow.web.cohorts`),
 ``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
@@ -28,6 +29,7 @@ from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
 from medflow.web.cohorts import builder_context, cohort_page, edit_context
 from medflow.web.home import FHIR_TYPES, home
+from medflow.web.slides import slide_page
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
 
@@ -36,6 +38,7 @@ STATIC_TYPES = {
     "medflow.js": "text/javascript; charset=utf-8",
     "viewer.js": "text/javascript; charset=utf-8",
     "cohorts.js": "text/javascript; charset=utf-8",
+    "slides.js": "text/javascript; charset=utf-8",
 }
 """The static files served (no other name is looked up)."""
 
@@ -125,6 +128,16 @@ def build_web_router() -> APIRouter:
         except NotFound:
             return _page(request, "not_found.html", {"what": "study"}, status_code=404)
         return _page(request, "study.html", {"page": page, "viewer": page.viewer(_root(request))})
+
+    @router.get("/slides/{study_uid}/{series_uid}", response_class=HTMLResponse)
+    def slide(request: Request, study_uid: str, series_uid: str) -> HTMLResponse:
+        store, _ = _services(request)
+        try:
+            page = slide_page(store, study_uid, series_uid)
+        except NotFound:
+            return _page(request, "not_found.html", {"what": "slide"}, status_code=404)
+        context = {"active": "studies", "page": page, "viewer": page.viewer(_root(request))}
+        return _page(request, "slide.html", context)
 
     _cohort_pages(router)
 

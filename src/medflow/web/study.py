@@ -27,6 +27,7 @@ from medflow.web.studies import StudyRow, study_row
 
 log = logging.getLogger(__name__)
 
+VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
 MAX_SERIES = 1000
 UIDS_PER_QUERY = 15
 """UIDs in one list key: 15 UIDs of 64 characters fit in the 1,024 a key value may have."""
@@ -56,6 +57,9 @@ class SeriesView:
     """Window presets of the header: ``{"label", "center", "width"}``."""
     range: tuple[float, float] | None = None
     """The modality value range its stored bits allow (a starting window without presets)."""
+    slide: bool = False
+    """A whole slide image series (VL Whole Slide Microscopy): it opens in the slide viewer
+    (``/slides/{study}/{series}``), not in the study page's image viewer."""
 
     @property
     def images(self) -> bool:
@@ -103,8 +107,12 @@ class StudyPage:
         return {
             "dicomweb": f"{root}/dicomweb",
             "study": self.study.study_uid,
-            "series": [s.viewer() for s in self.series if s.images],
+            "series": [s.viewer() for s in self.series if s.images and not s.slide],
         }
+
+    @property
+    def slides(self) -> bool:
+        return any(s.slide for s in self.series)
 
 
 def _is_image(record: InstanceRecord) -> bool:
@@ -180,7 +188,9 @@ def _load_archive(store: StoreService, study_uid: str) -> StudyPage:
     by_uid = {s.uid: s for s in series}
     for record in store.find_instances(study_uid=study_uid):
         view = by_uid.get(record.series_uid)
-        if view is not None and _is_image(record):
+        if view is not None and record.sop_class_uid == VL_WSI:
+            view.slide = True
+        elif view is not None and _is_image(record):
             view.instances.append(
                 {"uid": record.sop_instance_uid, "frames": record.number_of_frames or 1}
             )

@@ -74,6 +74,7 @@ def serve(
     import uvicorn
 
     from medflow.bootstrap import build, create_app, start_dimse, start_sync
+    from medflow.pathology.convert import preload as preload_converter
 
     configure(log_level)
     if demo_patients > 0 and port == 0:
@@ -87,6 +88,7 @@ def serve(
     dimse = settings.dimse.model_copy(update={"port": dimse_port} if dimse_port is not None else {})
     settings = settings.model_copy(update={"http": http, "dimse": dimse})
     container = build(settings)
+    preload_converter()  # wsidicomizer's import touches pydicom's settings: before threads run
     dimse_server = start_dimse(container, host=http.host)
     start_sync(container)
     base = _base_url(http.host, http.port)

@@ -51,8 +51,9 @@ TILE_TAGS = (
 )
 """The header elements a tiled image's geometry and frame index need (all before Pixel Data;
 PerFrameFunctionalGroupsSequence is not read)."""
-MAX_REGION_PIXELS = 64 << 20
-"""The largest source region composed for one rendered image (64 Mpixels, 192 MB RGB)."""
+MAX_REGION_PIXELS = 16 << 20
+"""The largest source region /rendered composes (16 Mpx, ~50 MB of RGB): a whole base level
+is asked for through a smaller level or a viewport region."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,11 @@ def _fragments(fp: BinaryIO, start: int) -> tuple[list[int], list[int], list[int
     tag, length = _item_header(fp)
     if tag != ITEM:
         raise Unsupported("the encapsulated Pixel Data does not start with an item")
+    if length % 4:
+        raise Unsupported("the Basic Offset Table's length is not a multiple of 4")
     table = fp.read(length)
+    if len(table) < length:
+        raise Unsupported("the encapsulated Pixel Data ends inside its Basic Offset Table")
     bot = list(struct.unpack(f"<{length // 4}I", table)) if length else []
     first_fragment = start + 8 + length
     offsets: list[int] = []
@@ -243,6 +248,8 @@ def decode_tile(data: bytes, transfer_syntax_uid: str) -> np.ndarray[Any, Any] |
         return None
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.mode not in ("RGB", "L", "YCbCr"):  # 16-bit, CMYK...: pydicom decodes it
+                return None
             decoded = img if img.mode in ("RGB", "L") else img.convert("RGB")
             return np.asarray(decoded)
     except (OSError, ValueError, SyntaxError) as exc:

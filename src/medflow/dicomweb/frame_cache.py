@@ -11,6 +11,7 @@ never stale: a replaced instance has another key. Nothing here is needed by anot
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def _build(fp: BinaryIO, record: InstanceRecord) -> Layout:
             index = tiles.build_frame_index(
                 fp, header, info.pixel_data_offset, info.number_of_frames
             )
-        except Unsupported:
+        except (Unsupported, struct.error):
             index = None  # pydicom's frame finder (slower, per request) takes over
         fp.seek(0)
     return Layout(info, header, index, tiles.tile_grid(header))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, BinaryIO
@@ -116,6 +117,9 @@ def _tile_array(fp: BinaryIO, found: frame_cache.Layout, number: int) -> Array:
     return pixels.decode_array(fp, number, ts)
 
 
+_COMPOSING = threading.BoundedSemaphore(2)
+
+
 def _render_tiled(fp: BinaryIO, found: frame_cache.Layout, opts: rendering.RenderOptions) -> bytes:
     """A TILED_FULL image rendered over its Total Pixel Matrix: the viewport's source region
     (PS3.18 §8.3.5.1.3; the whole matrix by default) composed from the tiles it covers, only
@@ -130,7 +134,8 @@ def _render_tiled(fp: BinaryIO, found: frame_cache.Layout, opts: rendering.Rende
         vp.sw if vp else None,
         vp.sh if vp else None,
     )
-    arr = tiles.compose_region(grid, region, lambda n: _tile_array(fp, found, n))
+    with _COMPOSING:  # at most a few regions decoded at once (each up to MAX_REGION_PIXELS)
+        arr = tiles.compose_region(grid, region, lambda n: _tile_array(fp, found, n))
     return rendering.render_array(arr, found.header, 0, opts, crop=False, flip=(flip_x, flip_y))
 
 
@@ -224,9 +229,10 @@ def _render_instance(
     return _render(store, record, number, _checked(opts), whole=whole)
 
 
-SLIDE_PREFERENCE = {"THUMBNAIL": 0, "VOLUME": 1, "OVERVIEW": 2}
-"""Which image of a slide is its overview: a THUMBNAIL, else the smallest VOLUME level, else
-the OVERVIEW (macro image of the glass); a LABEL (it carries identifiers) only when alone."""
+SLIDE_PREFERENCE = {"THUMBNAIL": 0, "VOLUME": 1}
+"""Which image of a slide is its overview: a THUMBNAIL, else the smallest VOLUME level. Never
+the LABEL nor the OVERVIEW (the macro photograph of the glass, label included): they carry
+the patient's identifiers as pixels."""
 
 
 def _json_first(obj: dict[str, Any], tag: str, index: int = 0) -> Any:
@@ -248,10 +254,14 @@ def _slide_overview(store: StoreService, slides: list[InstanceRecord]) -> Instan
     for i, record in enumerate(slides):
         obj = by_uid.get(record.sop_instance_uid, {})
         flavor = str(_json_first(obj, "00080008", 2) or "").upper()
+        if flavor not in SLIDE_PREFERENCE:
+            continue
         columns = _json_first(obj, "00480007") or record.columns or 0
         rows = _json_first(obj, "00480006") or record.rows or 0
-        rank = SLIDE_PREFERENCE.get(flavor, len(SLIDE_PREFERENCE))
-        ranked.append((rank, int(columns) * int(rows), i, record))
+        ranked.append((SLIDE_PREFERENCE[flavor], int(columns) * int(rows), i, record))
+    if not ranked:
+        raise NotAcceptable("the slide has no thumbnail or pyramid level to show (its label "
+                            "and overview images carry identifiers: not used)")  # fmt: skip
     return min(ranked)[3]
 
 

@@ -95,8 +95,35 @@ def _service(request: Request) -> PathologyService:
 Text = Annotated[str | None, Query()]
 
 
+SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+"""Content types a browser sends cross-site without a CORS preflight (Fetch standard)."""
+
+
+def _same_origin(request: Request) -> bool:
+    """No Origin header (not a browser's cross-site form), or this server's own origin."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin.rstrip("/") == f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _check_request(request: Request) -> None:
+    """Refuse what a page on another site could make a browser send (cross-site request
+    forgery): a CORS-"simple" content type from a foreign Origin, and a raw body labelled as
+    text or a form. Clients send the slide as ``application/octet-stream`` (or the file's
+    type), or ``multipart/form-data`` from medflow's own pages or non-browser clients."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in SIMPLE_TYPES and not _same_origin(request):
+        raise InvalidInput("a cross-site form cannot import slides: send the file as "
+                           "application/octet-stream")  # fmt: skip
+    if kind in ("text/plain", "application/x-www-form-urlencoded"):
+        raise InvalidInput("send the slide as application/octet-stream (or multipart/form-data "
+                           "with a 'file' part), not as text or a url-encoded form")  # fmt: skip
+
+
 async def _receive(request: Request, target: Path) -> str | None:
     """Write the request's slide into ``target``; the upload's file name if it says one."""
+    _check_request(request)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("file")
@@ -112,7 +139,7 @@ async def _receive(request: Request, target: Path) -> str | None:
         return upload.filename
     with target.open("wb") as out:
         async for chunk in request.stream():
-            out.write(chunk)
+            await run_in_threadpool(out.write, chunk)  # a disk write off the event loop
     return None
 
 

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -95,6 +96,19 @@ def check_turbojpeg() -> None:
     _turbojpeg_checked = True
 
 
+_CONFIG_LOCK = threading.RLock()
+"""Serializes :func:`pydicom_config_kept`: a second thread entering while the first is inside
+would save the strict settings and restore them last, leaving the process strict."""
+
+
+def preload() -> None:
+    """Import wsidicomizer now (``medflow serve`` calls this before its threads start), so the
+    first conversion does not change pydicom's settings under a running STOW-RS or C-STORE even
+    for the moment of the import. Does nothing when wsidicomizer is missing."""
+    with pydicom_config_kept(), contextlib.suppress(ImportError):
+        import wsidicomizer  # noqa: F401
+
+
 @contextlib.contextmanager
 def pydicom_config_kept() -> Iterator[None]:
     """Undo what importing wsidicomizer does to pydicom's process-wide configuration
@@ -103,6 +117,7 @@ def pydicom_config_kept() -> Iterator[None]:
     strict because a slide was converted once in the same process. The imports' deprecation
     warnings (dicomweb_client, which wsidicom imports, names a deprecated pydicom function) are
     not shown."""
+    _CONFIG_LOCK.acquire()
     saved = (config.enforce_valid_values, config._use_future, config.INVALID_KEYWORD_BEHAVIOR,
              config.settings._writing_validation_mode,
              config.settings._reading_validation_mode)  # fmt: skip
@@ -118,6 +133,7 @@ def pydicom_config_kept() -> Iterator[None]:
         (config.enforce_valid_values, config._use_future, config.INVALID_KEYWORD_BEHAVIOR,
          config.settings._writing_validation_mode,
          config.settings._reading_validation_mode) = saved  # fmt: skip
+        _CONFIG_LOCK.release()
 
 
 def _da(value: str | None) -> dt.date | None:

@@ -17,7 +17,9 @@ from wsidicomizer's reading of it (:mod:`medflow.pathology.convert`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -28,6 +30,18 @@ from medflow.core.errors import InvalidInput
 SNOMED_URL = "http://snomed.info/sct"
 CodeTuple = tuple[str, str, str]
 """(code value, coding scheme designator, code meaning), e.g. ("12710003", "SCT", "...")."""
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _valid_da(value: str) -> bool:
+    text = value.replace("-", "")
+    try:
+        dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return False
+    return len(text) == 8 and text.isdigit()
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,30 @@ class SlideMetadata:
     body_site: CodeTuple | None = None
     """Primary anatomic structure of the specimen (Primary Anatomic Structure Sequence)."""
     label_text: str | None = None
+
+    def check(self) -> None:
+        """Refuse values that cannot be written as their VRs (PS3.5 6.2) before a slide is
+        converted, with the option's name (``InvalidInput``)."""
+        problems = []
+        if self.study_uid is not None and not (
+            len(self.study_uid) <= 64 and _UID.fullmatch(self.study_uid)
+        ):
+            problems.append("study UID: digits and dots, at most 64 characters")
+        if self.patient_sex is not None and self.patient_sex not in ("M", "F", "O"):
+            problems.append("sex: M, F or O")
+        for name, value in (("birth date", self.patient_birth_date),
+                            ("study date", self.study_date)):  # fmt: skip
+            if value is not None and not _valid_da(value):
+                problems.append(f"{name}: a date YYYYMMDD or YYYY-MM-DD")
+        for name, value, limit in (("patient id", self.patient_id, 64),
+                                   ("accession", self.accession_number, 16),
+                                   ("specimen", self.specimen_id, 64),
+                                   ("container", self.container_id, 64),
+                                   ("study id", self.study_id, 16)):  # fmt: skip
+            if value is not None and (len(value) > limit or "\\" in value or not value.strip()):
+                problems.append(f"{name}: at most {limit} characters, no backslash")
+        if problems:
+            raise InvalidInput("invalid slide metadata: " + "; ".join(problems))
 
     def over(self, weaker: SlideMetadata) -> SlideMetadata:
         """These values, with ``weaker``'s where these are not known."""

@@ -159,6 +159,7 @@ class PathologyService:
         overview, thumbnail) in one new series. ``name`` is the file's name to report (an
         upload's). Raises ``NotASlide``, ``ConverterUnavailable``, ``InvalidInput`` (metadata
         that contradicts the archive), or the store's error for a refused instance."""
+        (options or SlideMetadata()).check()  # before minutes of conversion
         meta, joined = self.resolve_metadata(
             path=path, options=options or SlideMetadata(), use_sidecar=use_sidecar
         )
@@ -178,7 +179,8 @@ class PathologyService:
 
     def _store_files(self, conversion: Conversion) -> tuple[list[ImportedInstance], str, str]:
         """Store the converted files one at a time (each is consumed); the first refusal
-        stops the import with the store's reason."""
+        stops the import with the store's reason, and the instances of the (new) series
+        stored before it are deleted, so a failed import leaves nothing half-stored."""
         instances: list[ImportedInstance] = []
         study_uid = series_uid = ""
         for path in conversion.files:
@@ -187,6 +189,8 @@ class PathologyService:
             size, sha256 = file_sha256(path)
             (outcome,) = self._store.store(objects=[SpooledObject(path, size, sha256)])
             if not outcome.ok:
+                if instances:  # the series is new (new UIDs): take back its first instances
+                    self._store.delete(study_uid=study_uid, series_uid=series_uid)
                 raise _failure(outcome)
             instances.append(ImportedInstance(**facts, action=outcome.action or "create"))
         if not instances:

@@ -279,3 +279,49 @@ def test_tiles_from_s3_are_read_by_range_requests(
     finally:
         container.close()
     assert [length for _, length in ranges] == [len(stored[i]) for i in (n - 1, 6, 0, 1, 2)]
+
+
+def _restored(ds: pydicom.Dataset, tmp: Path, name: str) -> Path:
+    """``ds`` as a new instance of a new series (new UIDs) written to ``tmp/name``."""
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    path = tmp / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_slide_thumbnail_never_shows_its_label(
+    app: tuple[Container, TestClient], slides: dict[str, Slide], tmp_path: Path
+) -> None:
+    """A series whose only image is a LABEL (or an OVERVIEW, which shows the label too) has no
+    thumbnail: 406, never the identifiers in its pixels."""
+    container, client = app
+    smallest = slides["bot"].levels()[-1]
+    for flavor in ("LABEL", "OVERVIEW"):
+        ds = next(d for d in slides["bot"].datasets()
+                  if d.SOPInstanceUID == smallest.SOPInstanceUID)  # fmt: skip
+        ds.ImageType = ["ORIGINAL", "PRIMARY", flavor, "NONE"]
+        path = _restored(ds, tmp_path, f"{flavor}.dcm")
+        store_files(container.store, [path])
+        series = f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        r = client.get(f"{series}/thumbnail", headers={"Accept": "image/jpeg"})
+        assert r.status_code == 406, (flavor, r.status_code)
+
+
+def test_a_malformed_offset_table_is_no_server_error(
+    app: tuple[Container, TestClient], slides: dict[str, Slide], tmp_path: Path
+) -> None:
+    """A Basic Offset Table whose length is no multiple of 4 (STOW accepts the file): its
+    frames are found by pydicom instead, or refused with 406, never a 500."""
+    container, client = app
+    level = slides["empty"].levels()[-1]
+    ds = next(d for d in slides["empty"].datasets()
+              if d.SOPInstanceUID == level.SOPInstanceUID)  # fmt: skip
+    data = bytes(ds.PixelData)
+    assert data[:8] == b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # an empty Basic Offset Table
+    ds.PixelData = b"\xfe\xff\x00\xe0\x06\x00\x00\x00" + b"\x00" * 6 + data[8:]
+    path = _restored(ds, tmp_path, "bad-bot.dcm")
+    store_files(container.store, [path])
+    frames = f"{_url(ds)}/frames/2"
+    r = client.get(frames, headers={"Accept": JPEG_MP})
+    assert r.status_code in (200, 406), r.text

@@ -191,3 +191,25 @@ def test_the_conversion_streams_tiles(big_slide: Path, tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < big_slide.stat().st_size / 2, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_the_api_refuses_cross_site_forms_and_bad_options_before_converting(
+    container: Container, client: TestClient, small_slides: dict[str, Path]
+) -> None:
+    """A page on another site could make a browser POST a form or text cross-site without a
+    preflight: refused; invalid options are refused before the conversion, nothing stored."""
+    body = small_slides["ome"].read_bytes()
+    before = container.store.counts()["instances"]
+    text = client.post("/api/wsi/import", content=body, headers={"Content-Type": "text/plain"})
+    assert text.status_code == 400 and "octet-stream" in text.json()["detail"]
+    with small_slides["svs"].open("rb") as fp:
+        forged = client.post("/api/wsi/import", files={"file": ("case.svs", fp, "image/tiff")},
+                             headers={"Origin": "https://evil.example"})  # fmt: skip
+    assert forged.status_code == 400 and "cross-site" in forged.json()["detail"]
+    bad = client.post("/api/wsi/import", content=body,
+                      params={"study_uid": "abc", "patient_sex": "X"},
+                      headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert bad.status_code == 400
+    assert "study UID" in bad.json()["detail"] and "sex" in bad.json()["detail"]
+    assert container.store.counts()["instances"] == before
+    assert not list(container.store.spool_dir.glob("wsi-*"))

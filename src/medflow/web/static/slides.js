@@ -77,7 +77,14 @@ async function fetchTile(level, frame) {
   const lv = levels[level];
   const url = `${data.dicomweb}/studies/${data.study}/series/${data.series}` +
     `/instances/${lv.uid}/frames/${frame}`;
-  const response = await fetch(url, { headers: { Accept: ACCEPT } });
+  let response = await fetch(url, { headers: { Accept: ACCEPT } });
+  if (response.status >= 500) response = await fetch(url, { headers: { Accept: ACCEPT } }); // once more
+  if (response.status === 406) {
+    // tiles not stored as JPEG (JPEG 2000, uncompressed): the server renders the tile
+    const rendered = await fetch(`${url}/rendered`, { headers: { Accept: "image/jpeg" } });
+    if (!rendered.ok) throw new Error(`tile request answered ${rendered.status}`);
+    return createImageBitmap(await rendered.blob());
+  }
   if (!response.ok) throw new Error(`tile request answered ${response.status}`);
   const body = firstPart(await response.arrayBuffer(), boundaryOf(response.headers.get("content-type")));
   return createImageBitmap(new Blob([body], { type: "image/jpeg" }));

@@ -1,0 +1,147 @@
+"""The labels' REST edge (issue 10), a thin router over
+:class:`~medflow.labels.service.LabelService`:
+
+- ``POST /api/labels/sets`` (a label set definition, JSON) -> 201 with its version
+  (a new version when the definition changed, else the latest, 200);
+- ``GET /api/labels/sets``, ``GET /api/labels/sets/{name}[?version=N]``;
+- ``POST /api/labels`` (a :class:`~medflow.labels.schemas.LabelRequest`) -> 201, the KOS/SR/SEG
+  stored into the study, ``Location`` its DICOMweb URL;
+- ``GET /api/labels?set=NAME[&study=UID]`` the indexed labels.
+
+Errors are RFC 9457 problem details (``application/problem+json``): 404 unknown set or target,
+400 invalid input (pydantic's request errors too), 409 conflict, 503/500 storage failures.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from medflow.core.errors import (
+    AlreadyExists,
+    InvalidInput,
+    MedflowError,
+    NotFound,
+    StorageFailure,
+    Unsupported,
+)
+from medflow.labels.schemas import LabelRequest, LabelSetDefinition
+from medflow.labels.service import LabelService
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: list[tuple[type[MedflowError], int, str]] = [
+    (NotFound, 404, "Not found"),
+    (AlreadyExists, 409, "Conflict"),
+    (InvalidInput, 400, "Bad request"),
+    (Unsupported, 400, "Not supported"),
+]
+"""medflow errors -> HTTP status and problem title (the first that matches)."""
+
+
+def problem(status: int, title: str, detail: str) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def error_response(exc: MedflowError) -> JSONResponse:
+    if isinstance(exc, StorageFailure):
+        response = problem(503 if exc.retryable else 500, "Storage failure", exc.message)
+        if exc.retryable:
+            response.headers["Retry-After"] = "5"
+        return response
+    status, title = next(
+        ((s, t) for kind, s, t in STATUS if isinstance(exc, kind)), (500, "Internal error")
+    )
+    return problem(status, title, exc.message)
+
+
+class LabelsRoute(APIRoute):
+    """Maps errors (medflow's and request validation) to problem details."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except MedflowError as exc:
+                return error_response(exc)
+            except RequestValidationError as exc:
+                reasons = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                    for e in exc.errors()
+                )
+                return problem(400, "Bad request", reasons)
+            except Exception:  # the edge wrapper: one request never takes the server down
+                log.exception("unhandled error in %s %s", request.method, self.path)
+                return problem(500, "Internal error", "internal error")
+
+        return handle
+
+
+def _service(request: Request) -> LabelService:
+    service: LabelService = request.app.state.container.labels
+    return service
+
+
+def build_labels_router() -> APIRouter:
+    router = APIRouter(prefix="/api/labels", tags=["Labels"], route_class=LabelsRoute)
+
+    @router.post("/sets", status_code=201)
+    async def save_set(
+        request: Request, response: Response, definition: LabelSetDefinition
+    ) -> dict[str, object]:
+        """Create a label set, or a new version of it when the definition changed."""
+        info = await run_in_threadpool(lambda: _service(request).sets.save(definition=definition))
+        if not info.created:
+            response.status_code = 200
+        response.headers["Location"] = f"/api/labels/sets/{info.name}"
+        return info.as_json()
+
+    @router.get("/sets")
+    async def list_sets(request: Request) -> list[dict[str, object]]:
+        infos = await run_in_threadpool(_service(request).sets.list)
+        return [i.as_json() for i in infos]
+
+    @router.get("/sets/{name}")
+    async def show_set(
+        request: Request, name: str, version: Annotated[int | None, Query()] = None
+    ) -> dict[str, object]:
+        info = await run_in_threadpool(
+            lambda: _service(request).sets.get(name=name, version=version)
+        )
+        return info.as_json()
+
+    @router.post("", status_code=201)
+    async def write_label(
+        request: Request, response: Response, label: LabelRequest
+    ) -> dict[str, Any]:
+        """Write one label as a KOS, SR or SEG into its study."""
+        written = await run_in_threadpool(lambda: _service(request).write(request=label))
+        response.headers["Location"] = (
+            f"/dicomweb/studies/{written.study_uid}/series/{written.series_uid}"
+            f"/instances/{written.sop_instance_uid}"
+        )
+        return written.as_json()
+
+    @router.get("")
+    async def list_labels(
+        request: Request,
+        label_set: Annotated[str, Query(alias="set")],
+        study: Annotated[str | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
+        rows = await run_in_threadpool(
+            lambda: _service(request).labels(label_set=label_set, study_uid=study)
+        )
+        return [r.as_json() for r in rows]
+
+    return router

@@ -1,0 +1,128 @@
+"""Reading label documents: what medflow writes (highdicom) and each real-world quirk, built in
+code (tests/labels_fixtures.py); codes matched by value, never by meaning."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.uid import generate_uid
+
+from medflow.labels.readers import Unreadable, classify, read_document, scoord_roi
+from medflow.labels.schemas import Mapping, Roi
+from tests import labels_fixtures as fx
+
+STUDY = generate_uid()
+SERIES = generate_uid()
+IMAGES = [fx.image(study=STUDY, series=SERIES) for _ in range(2)]
+UIDS = {str(i.SOPInstanceUID) for i in IMAGES}
+BY_CONCEPT = Mapping.model_validate(
+    {"rules": [{"label": "pneumothorax", "concept": {"scheme": "SCT", "value": "36118008"}}]}
+)
+BY_TITLE = Mapping.model_validate(
+    {"rules": [{"label": "pneumothorax", "title": {"scheme": "DCM", "value": "113000"}}]}
+)
+
+
+def refs(document: object) -> set[str]:
+    return {r.sop_uid for f in document.findings for r in f.references}  # type: ignore[attr-defined]
+
+
+def test_highdicom_kos_is_read_with_its_title_modifier() -> None:
+    doc = read_document(fx.highdicom_kos(IMAGES))
+    assert doc.kind == "KOS" and doc.title == ("DCM", "113004") and not doc.notes
+    assert refs(doc) == UIDS
+    assert {r.series_uid for r in doc.findings[0].references} == {SERIES}
+    assert classify(doc, doc.findings[0], BY_CONCEPT) == "pneumothorax"
+
+
+def test_kos_without_template_identifier() -> None:
+    doc = read_document(fx.kos_without_template(IMAGES))
+    assert "no template identifier" in doc.notes
+    assert any("not highdicom-valid" in n for n in doc.notes)
+    assert refs(doc) == UIDS
+    assert classify(doc, doc.findings[0], BY_CONCEPT) == "pneumothorax"
+
+
+def test_kos_without_image_items_takes_the_evidence() -> None:
+    doc = read_document(fx.kos_evidence_only(IMAGES))
+    assert any("evidence" in n for n in doc.notes)
+    assert refs(doc) == UIDS
+    assert {r.study_uid for r in doc.findings[0].references} == {STUDY}
+
+
+def test_vendor_kos_matches_on_code_values_not_meanings() -> None:
+    doc = read_document(fx.vendor_kos(IMAGES))  # meaning "KEY IMAGES", not "Of Interest"
+    assert doc.title == ("DCM", "113000")
+    assert classify(doc, doc.findings[0], BY_TITLE) == "pneumothorax"
+    assert classify(doc, doc.findings[0], BY_CONCEPT) is None
+    wrong_scheme = Mapping.model_validate(
+        {"rules": [{"label": "x", "title": {"scheme": "SCT", "value": "113000"}}]}
+    )
+    assert classify(doc, doc.findings[0], wrong_scheme) is None
+    any_scheme = Mapping.model_validate({"rules": [{"label": "x", "title": {"value": "113000"}}]})
+    assert classify(doc, doc.findings[0], any_scheme) == "x"
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [(fx.kos_without_title, "no document title"), (fx.kos_referencing_nothing, "no instance")],
+)
+def test_unreadable_kos_says_why(build: object, reason: str) -> None:
+    with pytest.raises(Unreadable, match=reason):
+        read_document(build(IMAGES))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("roi", "expected"),
+    [
+        (Roi(type="box", points=[(5, 6), (1, 2)]), {"type": "box", "points": [[1, 2], [5, 6]]}),
+        (
+            Roi(type="polygon", points=[(1, 2), (5, 6), (3, 9)]),
+            {"type": "polygon", "points": [[1, 2], [5, 6], [3, 9]]},
+        ),
+        (Roi(type="point", points=[(3, 4)]), {"type": "point", "points": [[3, 4]]}),
+        (None, None),
+    ],
+)
+def test_highdicom_sr_regions_round_trip(roi: Roi | None, expected: object) -> None:
+    doc = read_document(fx.highdicom_sr(IMAGES[:1], roi))
+    assert doc.kind == "SR" and not doc.notes
+    (finding,) = doc.findings
+    assert finding.roi == expected
+    assert refs(doc) == {str(IMAGES[0].SOPInstanceUID)}
+    assert classify(doc, finding, BY_CONCEPT) == "pneumothorax"
+
+
+def test_sr_without_template_is_read_and_noted() -> None:
+    doc = read_document(fx.sr_without_template(IMAGES[:1], Roi(type="point", points=[(1, 1)])))
+    assert "no template identifier" in doc.notes
+    assert doc.findings[0].roi == {"type": "point", "points": [[1, 1]]}
+
+
+def test_seg_segments_carry_the_property_type() -> None:
+    doc = read_document(fx.seg(IMAGES[0]))
+    assert doc.kind == "SEG"
+    (finding,) = doc.findings
+    assert ("SCT", "36118008") in finding.concepts and finding.roi is None
+    assert refs(doc) == {str(IMAGES[0].SOPInstanceUID)}
+
+
+def test_gsps_annotation_is_a_box_matched_by_text() -> None:
+    doc = read_document(fx.gsps(IMAGES))
+    (finding,) = doc.findings
+    assert finding.roi == {"type": "box", "points": [[2, 3], [9, 8]]}
+    by_text = Mapping.model_validate({"rules": [{"label": "p", "text": "PNEUMOTHORAX"}]})
+    assert classify(doc, finding, by_text) == "p"
+    display = read_document(fx.gsps(IMAGES, units="DISPLAY"))
+    assert display.findings[0].roi is None and display.notes
+
+
+def test_scoord_shapes() -> None:
+    assert scoord_roi("CIRCLE", [5, 5, 8, 5]) == {"type": "box", "points": [[2, 2], [8, 8]]}
+    assert scoord_roi("POLYLINE", [0, 0, 4, 0]) is None  # a line is no region
+    assert scoord_roi("POLYLINE", [0, 0, 4, 0, 2, 3])["type"] == "polygon"  # type: ignore[index]
+    assert scoord_roi("MULTIPOINT", [0, 0, 1, 1]) is None
+
+
+def test_not_a_label_document() -> None:
+    with pytest.raises(Unreadable, match="not a label document"):
+        read_document(IMAGES[0])

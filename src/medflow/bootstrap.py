@@ -23,6 +23,8 @@ from medflow.dimse.server import DimseServer
 from medflow.fhir.api import build_fhir_router
 from medflow.fhir.export import ExportService
 from medflow.fhir.service import FhirService
+from medflow.labels.api import build_labels_router
+from medflow.labels.service import LabelService
 from medflow.pathology.api import build_pathology_router
 from medflow.pathology.service import PathologyService
 from medflow.store.aes import AeDirectory
@@ -45,6 +47,7 @@ class Container:
     cohorts: CohortTracker
     cohort_exports: CohortExports
     pathology: PathologyService
+    labels: LabelService
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
 
@@ -94,12 +97,14 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
             root=(settings.data_dir / "exports" / "cohorts").resolve(),
         ),
         pathology=PathologyService(store=store),
+        labels=LabelService(engine=engine, store=store),
     )
 
 
 def create_app(container: Container) -> FastAPI:
     """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir``, tracked
-    cohorts under ``/api/cohorts``, whole-slide import at ``/api/wsi`` and ``GET /healthz``."""
+    cohorts under ``/api/cohorts``, whole-slide import at ``/api/wsi``, labels at
+    ``/api/labels`` and ``GET /healthz``."""
     app = FastAPI(
         title="medflow",
         version=__version__,
@@ -124,6 +129,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_fhir_router())
     app.include_router(build_cohort_router())
     app.include_router(build_pathology_router())
+    app.include_router(build_labels_router())
     app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])

@@ -21,6 +21,8 @@ from medflow.cli.demo import demo_app, start_demo_loader
 from medflow.cli.dimse import aet_app, send
 from medflow.cli.fhir import fhir_app
 from medflow.cli.ingest import discover, ingest_local, ingest_remote
+from medflow.cli.labels import labels_app
+from medflow.cli.ml import models_app, train
 from medflow.cli.sync import sync_app
 from medflow.cli.views import views_app
 from medflow.cli.wsi import wsi_app
@@ -38,8 +40,11 @@ app.add_typer(views_app, name="views")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(deid_app, name="deid")
 app.add_typer(wsi_app, name="wsi")
+app.add_typer(labels_app, name="labels")
+app.add_typer(models_app, name="models")
 cohort_app.command("export")(cohort_export)
 app.command()(send)
+app.command()(train)
 
 DataDir = Annotated[
     Path | None,

@@ -81,6 +81,11 @@ def _one_instance() -> Select[Any]:
     )
 
 
+FOREIGN_PREFIXES = ("models/",)
+"""Blob keys that other contexts keep in the blob store (the model registry's weights and
+plots): not instances, so never orphans of the index."""
+
+
 class StoreService:
     def __init__(
         self,
@@ -501,7 +506,10 @@ class StoreService:
                         n += len(chunk)
                 if digest.hexdigest() != sha or n != size:
                     report.corrupted.append(sop_uid)
-        report.orphaned = sorted(k for k in self.blobs.iter_keys() if k not in known)
+        report.orphaned = sorted(
+            k for k in self.blobs.iter_keys()
+            if k not in known and not k.startswith(FOREIGN_PREFIXES)
+        )  # fmt: skip
         return report
 
     def counts(self) -> dict[str, int]:

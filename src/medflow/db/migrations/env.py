@@ -7,6 +7,8 @@ from sqlalchemy.engine import Engine
 
 import medflow.cohort.models
 import medflow.fhir.models
+import medflow.labels.models
+import medflow.ml.registry.models
 import medflow.store.models
 import medflow.sync.models  # noqa: F401  (registers every context's tables)
 from medflow.db.base import Base, include_object_for

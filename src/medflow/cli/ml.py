@@ -1,0 +1,241 @@
+"""``medflow train`` (a 2D classifier from a labels manifest, registered as a new model
+version) and ``medflow models list|show|promote`` (the model registry). torch and MONAI are
+imported only when one of these commands runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medflow.cli.common import load_settings
+from medflow.core.errors import MedflowError
+from medflow.core.logging import configure
+
+if TYPE_CHECKING:
+    from medflow.bootstrap import Container
+    from medflow.ml.registry.service import ModelInfo, ModelRegistry
+
+console = Console()
+models_app = typer.Typer(help="The model registry: trained models, versions and stages.")
+T = TypeVar("T")
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON")]
+
+
+@contextmanager
+def _container(data_dir: Path | None) -> Iterator[Container]:
+    from medflow.bootstrap import build
+
+    configure("warning")
+    container = build(load_settings(data_dir))
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def registry_for(container: Container) -> ModelRegistry:
+    """The registry over the container's index and blob store (models under ``models/``)."""
+    from medflow.ml.registry.service import ModelRegistry
+
+    return ModelRegistry(engine=container.engine, blobs=container.blobs,
+                         spool_dir=container.settings.spool_dir())  # fmt: skip
+
+
+def _call(data_dir: Path | None, action: Callable[[Container], T]) -> T:
+    with _container(data_dir) as container:
+        try:
+            return action(container)
+        except MedflowError as exc:
+            console.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from None
+
+
+def train(
+    manifest: Annotated[Path, typer.Option(help="Training manifest (Parquet)", exists=True)],
+    model: Annotated[str, typer.Option("--model", help="Registry name")] = "classifier",
+    arch: Annotated[str, typer.Option(help="densenet121, resnet18 or small")] = "small",
+    features: Annotated[
+        str | None, typer.Option(help="Tabular features from FHIR: age,sex,history")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image side (pixels)")] = 128,
+    epochs: Annotated[int, typer.Option(help="At most this many epochs")] = 20,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs)")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW)")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when present)")] = "auto",
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option("--target-sensitivity", help="Operating point (default: Youden's J)"),
+    ] = None,
+    cohort: Annotated[int | None, typer.Option(help="Cohort id (lineage)")] = None,
+    stage: Annotated[str, typer.Option(help="Stage of the new version")] = "none",
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Train a 2D classifier on a labels manifest and register it as a new model version."""
+    from medflow.ml.train.features import parse_features
+    from medflow.ml.train.service import TrainConfig, train_model
+
+    try:
+        config = TrainConfig(
+            arch=arch, size=size, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+            patience=patience, features=parse_features(features),
+            device=device,
+            target_sensitivity=target_sensitivity,
+        )  # fmt: skip
+    except MedflowError as exc:
+        raise typer.BadParameter(exc.message) from None
+
+    def run(container: Container) -> ModelInfo | None:
+        registry = registry_for(container)
+        if stage != "none":  # checked before the hours of training
+            from medflow.ml.registry.service import check_stage
+
+            check_stage(stage)
+        with _progress() as (progress, update):
+            result = train_model(store=container.store, fhir=container.fhir, manifest=manifest,
+                                 config=config, registry=registry, name=model, cohort_id=cohort,
+                                 progress=update)  # fmt: skip
+            progress.stop()
+        info = result.model
+        if info is not None and stage != "none":
+            info = registry.promote(name=info.name, version=info.version, stage=stage)
+        return info
+
+    info = _call(data_dir, run)
+    if info is None:
+        return
+    if as_json:
+        console.print_json(json.dumps(info.to_dict()))
+    else:
+        _show(info)
+
+
+@contextmanager
+def _progress() -> Iterator[tuple[Progress, Callable[[str, int, int, Mapping[str, float]], None]]]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int, values: Mapping[str, float]) -> None:
+            label = "decode" if phase == "decode" else "epochs" if phase == "val" else "batches"
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=total, info="")
+            info = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+            progress.update(tasks[label], completed=done, total=total, info=info)
+
+        yield progress, update
+
+
+def _show(info: ModelInfo) -> None:
+    m = info.metrics
+    table = Table(show_header=False)
+    rows: list[tuple[str, Any]] = [
+        ("model", info.ref), ("stage", info.stage), ("architecture", info.architecture),
+        ("created", info.created_at.isoformat(timespec="seconds")),
+        ("code", info.code_version),
+        ("input", ", ".join(f"{k} {info.input_spec.get(k)}" for k in
+                            ("modality", "body_part", "size", "channels", "features"))),
+        ("classes", ", ".join(info.input_spec.get("classes", []))),
+        ("label set", f"{info.label_set} v{info.label_set_version}"),
+        ("manifest", info.manifest_sha256[:16]), ("cohort", info.cohort_id),
+    ]  # fmt: skip
+    if "auc" in m:
+        lo, hi = m.get("auc_ci95") or (None, None)
+        rows += [
+            ("test AUC", f"{m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), n={m['n']}"),
+            ("operating point", f"{m['threshold']:.3f} ({m['operating_point']['method']})"),
+            ("sensitivity", f"{m['sensitivity']:.3f}"), ("specificity", f"{m['specificity']:.3f}"),
+            ("Brier", f"{m['brier']:.4f}"), ("ECE", f"{m['ece']:.4f}"),
+        ]  # fmt: skip
+    elif "auc_macro" in m:
+        rows.append(("test AUC (macro)", m["auc_macro"]))
+    training = m.get("training", {})
+    if training:
+        rows.append(
+            (
+                "training",
+                f"{training['epochs_run']} epochs (best {training['best_epoch']})"
+                f", {training['seconds']} s, {training['images_per_s']} images/s",
+            )
+        )
+    rows.append(("blobs", ", ".join(sorted(info.blobs))))
+    for key, value in rows:
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+@models_app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="Only this model")] = None,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Every registered model version."""
+    found = _call(data_dir, lambda c: registry_for(c).list(name=name))
+    if as_json:
+        console.print_json(json.dumps([i.to_dict() for i in found]))
+        return
+    table = Table()
+    table.add_column("model", no_wrap=True)
+    for column in ("stage", "architecture", "test AUC", "label set", "created"):
+        table.add_column(column)
+    for info in found:
+        auc = info.metrics.get("auc", info.metrics.get("auc_macro"))
+        table.add_row(info.ref, info.stage, info.architecture,
+                      "" if auc is None else f"{auc:.3f}",
+                      f"{info.label_set} v{info.label_set_version}",
+                      info.created_at.isoformat(timespec="seconds"))  # fmt: skip
+    console.print(table)
+
+
+@models_app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION (default: the latest)")],
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """One model version: input spec, metrics, lineage, stage, blobs."""
+    from medflow.ml.registry.service import parse_ref
+
+    def action(c: Container) -> ModelInfo:
+        name, version = parse_ref(ref)
+        return registry_for(c).get(name=name, version=version)
+
+    info = _call(data_dir, action)
+    if as_json:
+        console.print_json(json.dumps(info.to_dict()))
+    else:
+        _show(info)
+
+
+@models_app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    stage: Annotated[str, typer.Option(help="none, staging or production")] = "production",
+    data_dir: DataDir = None,
+) -> None:
+    """Set a version's stage (one production version per name: the former one goes to none)."""
+    from medflow.ml.registry.service import parse_ref
+
+    def action(c: Container) -> ModelInfo:
+        name, version = parse_ref(ref)
+        if version is None:
+            from medflow.core.errors import InvalidInput
+
+            raise InvalidInput("give NAME:VERSION")
+        return registry_for(c).promote(name=name, version=version, stage=stage)
+
+    info = _call(data_dir, action)
+    console.print(f"{info.ref} is now {info.stage}")

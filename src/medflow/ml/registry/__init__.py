@@ -1,0 +1,1 @@
+"""The model registry: versions of named models with their weights and plots as blobs."""

@@ -153,11 +153,13 @@ def _show(info: ModelInfo) -> None:
     ]  # fmt: skip
     if "auc" in m:
         lo, hi = m.get("auc_ci95") or (None, None)
+        point = m.get("operating_point") or {}
         rows += [
-            ("test AUC", f"{m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), n={m['n']}"),
-            ("operating point", f"{m['threshold']:.3f} ({m['operating_point']['method']})"),
-            ("sensitivity", f"{m['sensitivity']:.3f}"), ("specificity", f"{m['specificity']:.3f}"),
-            ("Brier", f"{m['brier']:.4f}"), ("ECE", f"{m['ece']:.4f}"),
+            ("test AUC", f"{_num(m['auc'])} (95% CI {_num(lo)}-{_num(hi)}), n={m.get('n')}"),
+            ("operating point", f"{_num(m.get('threshold'))} ({point.get('method', '-')})"),
+            ("sensitivity", _num(m.get("sensitivity"))),
+            ("specificity", _num(m.get("specificity"))),
+            ("Brier", _num(m.get("brier"), 4)), ("ECE", _num(m.get("ece"), 4)),
         ]  # fmt: skip
     elif "auc_macro" in m:
         rows.append(("test AUC (macro)", m["auc_macro"]))
@@ -239,3 +241,8 @@ def promote(
 
     info = _call(data_dir, action)
     console.print(f"{info.ref} is now {info.stage}")
+
+
+def _num(value: object, digits: int = 3) -> str:
+    """A metric for people; "n/a" when it cannot be computed (a test split with one class)."""
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "n/a"

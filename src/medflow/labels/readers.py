@@ -153,12 +153,24 @@ def _template_note(ds: Dataset, expected: str) -> list[str]:
     return []
 
 
+ABSENT: frozenset[CodeKey] = frozenset({
+    ("SCT", "2667000"), ("SRT", "R-20BAE"),  # Absent
+    ("SCT", "373067005"), ("SRT", "R-00339"),  # No
+    ("SCT", "272519000"),  # Absence of findings
+})  # fmt: skip
+"""Values of a coded evaluation that deny its concept: "Pneumothorax = Absent" is no label of
+pneumothorax (TID 1500 qualitative evaluations name the finding and give present/absent)."""
+
+
 def _content_codes(items: Any) -> tuple[set[CodeKey], set[str]]:
     concepts: set[CodeKey] = set()
     texts: set[str] = set()
     for item in _walk(items):
         if item.get("ValueType") == "CODE":
-            concepts |= _codes(item.get("ConceptCodeSequence"))
+            value = _codes(item.get("ConceptCodeSequence"))
+            if value & ABSENT:
+                continue  # the named finding is said to be absent: neither code counts
+            concepts |= value
             concepts |= _codes(item.get("ConceptNameCodeSequence"))
         elif item.get("ValueType") == "TEXT" and item.get("TextValue"):
             texts.add(str(item.TextValue).strip())

@@ -377,13 +377,16 @@ class LabelService:
                 record = found.get(ref.sop_uid)
                 if record is None or not _is_image(record):
                     continue
+                # the image's own PatientID (the split key), not the document's: a PACS may
+                # write another form of it (an issuer suffix) into its KOS
+                patient = str(self._header(record).get("PatientID", "")) or patient_id
                 rows += [
                     self._row(
                         info,
                         label,
                         record,
                         f,
-                        patient_id,
+                        patient,
                         finding.roi,
                         document.sop_uid,
                         document.kind,
@@ -399,10 +402,15 @@ class LabelService:
                 "negatives need a label: the mapping's negatives.label or the set's negative_class"
             )
         with_kos = {s.study_uid for s in self._store.find_studies(sop_classes=[KOS])}
+        positive = select(Label.study_uid).where(
+            Label.set_id == info.id, Label.source_kind != NEGATIVE
+        )
+        with Session(self._engine) as session:  # labelled by any document of this set
+            labelled = set(session.scalars(positive.distinct()))
         studies = [
             s
             for s in self._store.find_studies(modalities=negatives.modalities)
-            if s.study_uid not in with_kos
+            if s.study_uid not in with_kos and s.study_uid not in labelled
         ]
         rows = self._study_rows(info, label, [(s.study_uid, s.patient_id or "") for s in studies])
         self._replace(info, None, rows, kind=NEGATIVE)

@@ -377,3 +377,30 @@ def test_cli(generated: Path, tmp_path: Path) -> None:
     assert read_manifest(out).num_rows > 0
     bad = runner.invoke(app, ["labels", "sets", "show", "nope", "--data-dir", str(data)])
     assert bad.exit_code == 1 and "no label set" in bad.output
+
+
+def test_negatives_never_contradict_positives_and_patients_come_from_the_images(
+    hospital: Hospital,
+) -> None:
+    """A study whose only label document is an SR positive is not also a mapping negative;
+    the manifest's patient (the split key) is the image's PatientID, not the document's (a
+    PACS may write ``P1^^^HOSP`` into its own objects)."""
+    c = hospital.container
+    with_kos = {s.study_uid for s in c.store.find_studies(sop_classes=[fx.KOS])}
+    study = next(s for s in hospital.cr_studies() if s not in with_kos)
+    images = hospital.images(study)
+    patient = str(images[0].PatientID)
+    sr = fx.sr_without_template(images[:1], fx.Roi(type="point", points=[(2, 2)]))
+    sr.PatientID = f"{patient}^^^HOSP"
+    hospital.store(sr)
+    c.labels.sets.save(
+        definition=c.labels.sets.get(name="cxr").definition.model_copy(update={"name": "mixed"})
+    )
+    mapping = Mapping.model_validate({
+        "rules": [{"label": "pneumothorax", "concept": {"scheme": "SCT", "value": "36118008"}}],
+        "negatives": {"enabled": True, "modalities": ["CR"]}, "kinds": ["KOS", "SR"],
+    })  # fmt: skip
+    c.labels.import_archive(mapping=mapping, label_set="mixed")
+    rows = [r for r in c.labels.labels(label_set="mixed") if r.study_uid == study]
+    assert {r.label for r in rows} == {"pneumothorax"}  # not also "normal"
+    assert {r.patient_id for r in rows} == {patient}

@@ -126,3 +126,31 @@ def test_scoord_shapes() -> None:
 def test_not_a_label_document() -> None:
     with pytest.raises(Unreadable, match="not a label document"):
         read_document(IMAGES[0])
+
+
+def _walk(items: object) -> list[object]:
+    out = []
+    for item in items or []:  # type: ignore[attr-defined]
+        out.append(item)
+        out += _walk(item.get("ContentSequence"))
+    return out
+
+
+def test_a_finding_said_to_be_absent_is_no_positive() -> None:
+    """TID 1500 qualitative evaluation "Pneumothorax = Absent" (SCT 2667000): neither the
+    evaluation's name nor its value makes the image a pneumothorax."""
+    ds = fx.highdicom_sr(IMAGES[:1])
+    changed = 0
+    for item in _walk(ds.ContentSequence):
+        codes = [*item.get("ConceptNameCodeSequence", []), *item.get("ConceptCodeSequence", [])]
+        if item.get("ValueType") == "CODE" and any(c.CodeValue == "36118008" for c in codes):
+            item.ConceptNameCodeSequence[0].CodeValue = "36118008"
+            item.ConceptNameCodeSequence[0].CodingSchemeDesignator = "SCT"
+            item.ConceptNameCodeSequence[0].CodeMeaning = "Pneumothorax"
+            item.ConceptCodeSequence[0].CodeValue = "2667000"
+            item.ConceptCodeSequence[0].CodingSchemeDesignator = "SCT"
+            item.ConceptCodeSequence[0].CodeMeaning = "Absent"
+            changed += 1
+    assert changed
+    doc = read_document(ds)
+    assert all(classify(doc, f, BY_CONCEPT) is None for f in doc.findings)

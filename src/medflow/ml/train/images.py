@@ -22,6 +22,7 @@ import pydicom
 import torch
 import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from medflow.core.errors import InvalidInput, NotFound
@@ -61,10 +62,13 @@ def frame_to_array(ds: Any, frame: int, size: int) -> FloatArray:
     arr = np.asarray(pixels, dtype=np.float64)
     if arr.ndim == 3:  # colour: luminance-like mean of the samples
         arr = arr.mean(axis=-1)
+        lo, hi = float(arr.min()), float(arr.max())
     else:
         arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-        arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
-    lo, hi = _output_range(ds, arr)
+        lo, hi = _window(ds, arr)
+        if "VOILUTSequence" in ds:
+            arr = np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float64)
+            lo, hi = _output_range(ds, arr)
     arr = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         arr = 1.0 - arr
@@ -74,6 +78,23 @@ def frame_to_array(ds: Any, frame: int, size: int) -> FloatArray:
     out = resized.numpy()
     std = float(out.std())
     return np.asarray((out - out.mean()) / (std if std > 1e-6 else 1.0), dtype=np.float32)
+
+
+def _first(value: Any) -> float:
+    """The first of a multi-valued DS (several windows: the first is the default)."""
+    return float(value[0]) if isinstance(value, MultiValue) else float(value)
+
+
+def _window(ds: Any, arr: NDArray[np.float64]) -> tuple[float, float]:
+    """The first window (PS3.3 C.11.2.1.2: centre c, width w) as the bounds of the modality
+    LUT's output, ``[c - w/2, c + w/2]``; without one the frame's min and max. Applied to the
+    rescaled values directly, so signed and rescaled images (CT's -1024 intercept) keep their
+    range (pydicom's windowed output is in the stored values' range instead)."""
+    if "WindowWidth" in ds and "WindowCenter" in ds:
+        width, centre = _first(ds.WindowWidth), _first(ds.WindowCenter)
+        if width > 0:
+            return centre - width / 2, centre + width / 2
+    return float(arr.min()), float(arr.max())
 
 
 def _output_range(ds: Any, arr: NDArray[np.float64]) -> tuple[float, float]:

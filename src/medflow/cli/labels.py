@@ -125,6 +125,12 @@ def write(
 
     from medflow.labels.schemas import LabelRequest
 
+    try:
+        roi_value = json.loads(roi) if roi else None
+        mask_value = np.load(mask).astype(int).tolist() if mask else None
+    except (ValueError, OSError) as exc:  # bad JSON, an unreadable or non-.npy mask
+        console.print(f"[red]--roi/--mask: {exc}[/red]", markup=False)
+        raise typer.Exit(2) from None
     fields: dict[str, Any] = {
         "label_set": label_set,
         "label": label,
@@ -134,8 +140,8 @@ def write(
         "kind": kind,
         "frame": frame,
         "observer": observer,
-        "roi": json.loads(roi) if roi else None,
-        "mask": np.load(mask).astype(int).tolist() if mask else None,
+        "roi": roi_value,
+        "mask": mask_value,
     }
     try:
         request = LabelRequest.model_validate(fields)

@@ -176,7 +176,7 @@ def build_seg(*, source: Dataset, mask: np.ndarray, concept: Code, label: str) -
         segmented_property_type=coded(concept),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
     )
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=(mask > 0)[np.newaxis],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -191,3 +191,8 @@ def build_seg(*, source: Dataset, mask: np.ndarray, concept: Code, label: str) -
         device_serial_number="0",
         omit_empty_frames=False,
     )
+    if "ImageOrientationPatient" not in source and "PatientOrientation" not in seg:
+        # General Image Module: Patient Orientation is Type 2C when there is no Plane
+        # Orientation (a projection radiograph's SEG): the source's, or empty
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg

@@ -486,6 +486,9 @@ class LabelService:
         index = {c.name: i for i, c in enumerate(info.definition.classes)}
         rows, dropped = [], 0
         for r in self.labels(label_set=label_set):
+            if version is not None and r.set_version > info.version:
+                dropped += 1  # written under a later version than the one asked for
+                continue
             if r.label not in index:
                 dropped += 1
                 continue

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medflow.core.errors import InvalidInput
 from medflow.ml.train.metrics import roc_auc
 
 Progress = Callable[[str, int, int, Mapping[str, float]], None]
@@ -154,8 +155,17 @@ def fit(
     options: FitOptions,
     progress: Progress | None = None,
 ) -> FitResult:
-    """Train ``net`` in place and return the best epoch's weights (by validation AUC)."""
+    """Train ``net`` in place and return the best epoch's weights (by validation AUC);
+    ``InvalidInput`` when the validation split lacks a class (its AUC, hence early stopping
+    and the operating point, would mean nothing) or no epoch is asked for."""
     import time
+
+    if options.epochs < 1:
+        raise InvalidInput("train at least one epoch")
+    missing = sorted(set(range(classes)) - {int(v) for v in val[2]})
+    if missing:
+        raise InvalidInput(f"the validation split has no example of class {missing[0]}: "
+                           "label more patients or change the split")  # fmt: skip
 
     started = time.perf_counter()
     previous_meta = _track_meta(False)

@@ -21,15 +21,11 @@ give each problem's path.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Coroutine
 from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from medflow.cohort.export_jobs import ExportRequest
@@ -43,14 +39,11 @@ from medflow.core.errors import (
     MedflowError,
     NotFound,
     PreconditionFailed,
-    StorageFailure,
     Unsupported,
 )
+from medflow.problems import StatusTable, Validation, problem_route
 
-log = logging.getLogger(__name__)
-PROBLEM_JSON = "application/problem+json"
-
-STATUS: list[tuple[type[MedflowError], int, str]] = [
+STATUS: StatusTable = [
     (DefinitionError, 422, "Invalid cohort definition"),
     (NotFound, 404, "Not found"),
     (AlreadyExists, 409, "Conflict"),
@@ -61,49 +54,16 @@ STATUS: list[tuple[type[MedflowError], int, str]] = [
 """medflow errors -> HTTP status and problem title (the first that matches)."""
 
 
-def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}  # fmt: skip
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+def _definition_errors(exc: MedflowError) -> list[dict[str, str]] | None:
+    """A definition's problems, each with its path."""
+    if not isinstance(exc, DefinitionError):
+        return None
+    return [{"path": path, "message": message} for path, message in exc.errors]
 
 
-def error_response(exc: MedflowError) -> JSONResponse:
-    if isinstance(exc, StorageFailure):
-        status = 503 if exc.retryable else 500
-        return problem(status, "Storage failure", exc.message,
-                       headers={"Retry-After": "5"} if status == 503 else None)  # fmt: skip
-    status, title = next(((s, t) for kind, s, t in STATUS if isinstance(exc, kind)),
-                         (500, "Internal error"))  # fmt: skip
-    errors = None
-    if isinstance(exc, DefinitionError):
-        errors = [{"path": path, "message": message} for path, message in exc.errors]
-    return problem(status, title, exc.message, errors)
-
-
-class CohortRoute(APIRoute):
-    """Maps errors to problem details for every cohort endpoint."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MedflowError as exc:
-                return error_response(exc)
-            except RequestValidationError as exc:
-                errors = [{"path": ".".join(str(p) for p in e.get("loc", ())),
-                           "message": str(e.get("msg"))} for e in exc.errors()]  # fmt: skip
-                detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-                return problem(422, "Invalid request", detail, errors)
-            except Exception:  # the edge wrapper: one request never takes the server down
-                log.exception("unhandled error in %s %s", request.method, self.path)
-                return problem(500, "Internal error", "internal error")
-
-        return handle
+CohortRoute = problem_route(STATUS, validation=Validation(422, "Invalid request", errors=True),
+                            details=_definition_errors)  # fmt: skip
+"""Maps errors to problem details for every cohort endpoint."""
 
 
 def tracker(request: Request) -> CohortTracker:
@@ -286,4 +246,4 @@ def _outcome_routes(router: APIRouter) -> None:
         return Response(svg, media_type=SVG, headers={"Cache-Control": "no-store"})
 
 
-__all__ = ["STATUS", "CohortRoute", "build_cohort_router", "error_response"]
+__all__ = ["STATUS", "CohortRoute", "build_cohort_router"]

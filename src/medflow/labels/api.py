@@ -14,78 +14,30 @@ Errors are RFC 9457 problem details (``application/problem+json``): 404 unknown 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import (
     AlreadyExists,
     InvalidInput,
-    MedflowError,
     NotFound,
-    StorageFailure,
     Unsupported,
 )
 from medflow.labels.schemas import LabelRequest, LabelSetDefinition
 from medflow.labels.service import LabelService
+from medflow.problems import StatusTable, Validation, problem_route
 
-log = logging.getLogger(__name__)
-PROBLEM_JSON = "application/problem+json"
-
-STATUS: list[tuple[type[MedflowError], int, str]] = [
+STATUS: StatusTable = [
     (NotFound, 404, "Not found"),
     (AlreadyExists, 409, "Conflict"),
     (InvalidInput, 400, "Bad request"),
     (Unsupported, 400, "Not supported"),
 ]
 """medflow errors -> HTTP status and problem title (the first that matches)."""
-
-
-def problem(status: int, title: str, detail: str) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
-
-
-def error_response(exc: MedflowError) -> JSONResponse:
-    if isinstance(exc, StorageFailure):
-        response = problem(503 if exc.retryable else 500, "Storage failure", exc.message)
-        if exc.retryable:
-            response.headers["Retry-After"] = "5"
-        return response
-    status, title = next(
-        ((s, t) for kind, s, t in STATUS if isinstance(exc, kind)), (500, "Internal error")
-    )
-    return problem(status, title, exc.message)
-
-
-class LabelsRoute(APIRoute):
-    """Maps errors (medflow's and request validation) to problem details."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MedflowError as exc:
-                return error_response(exc)
-            except RequestValidationError as exc:
-                reasons = "; ".join(
-                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
-                    for e in exc.errors()
-                )
-                return problem(400, "Bad request", reasons)
-            except Exception:  # the edge wrapper: one request never takes the server down
-                log.exception("unhandled error in %s %s", request.method, self.path)
-                return problem(500, "Internal error", "internal error")
-
-        return handle
+LabelsRoute = problem_route(STATUS, validation=Validation(400, "Bad request"))
+"""Maps errors (medflow's and request validation) to problem details."""
 
 
 def _service(request: Request) -> LabelService:

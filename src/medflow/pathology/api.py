@@ -16,33 +16,25 @@ libjpeg-turbo or wsidicomizer.
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import (
     AlreadyExists,
     InvalidInput,
-    MedflowError,
     NotFound,
-    StorageFailure,
     Unsupported,
 )
 from medflow.pathology.errors import ConverterUnavailable, NotASlide
 from medflow.pathology.metadata import SlideMetadata
 from medflow.pathology.service import PathologyService
+from medflow.problems import StatusTable, problem_route
 
-log = logging.getLogger(__name__)
-PROBLEM_JSON = "application/problem+json"
-
-STATUS: list[tuple[type[MedflowError], int, str]] = [
+STATUS: StatusTable = [
     (NotASlide, 415, "Not a whole-slide image"),
     (ConverterUnavailable, 501, "Conversion unavailable"),
     (NotFound, 404, "Not found"),
@@ -51,40 +43,8 @@ STATUS: list[tuple[type[MedflowError], int, str]] = [
     (Unsupported, 400, "Not supported"),
 ]
 """medflow errors -> HTTP status and problem title (the first that matches)."""
-
-
-def problem(status: int, title: str, detail: str) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
-
-
-def error_response(exc: MedflowError) -> JSONResponse:
-    if isinstance(exc, StorageFailure):
-        response = problem(503 if exc.retryable else 500, "Storage failure", exc.message)
-        if exc.retryable:
-            response.headers["Retry-After"] = "5"
-        return response
-    status, title = next(((s, t) for kind, s, t in STATUS if isinstance(exc, kind)),
-                         (500, "Internal error"))  # fmt: skip
-    return problem(status, title, exc.message)
-
-
-class PathologyRoute(APIRoute):
-    """Maps errors to problem details for every whole-slide endpoint."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MedflowError as exc:
-                return error_response(exc)
-            except Exception:  # the edge wrapper: one request never takes the server down
-                log.exception("unhandled error in %s %s", request.method, self.path)
-                return problem(500, "Internal error", "internal error")
-
-        return handle
+PathologyRoute = problem_route(STATUS)
+"""Maps errors to problem details for every whole-slide endpoint."""
 
 
 def _service(request: Request) -> PathologyService:

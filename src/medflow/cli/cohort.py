@@ -10,8 +10,7 @@ by MRN with counts of what matched (no other identifying data), or as JSON (``--
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -20,12 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medflow.cli.common import load_settings
-from medflow.core.errors import MedflowError
-from medflow.core.logging import configure
+from medflow.cli.common import call
 
 if TYPE_CHECKING:
-    from medflow.bootstrap import Container
     from medflow.cohort.results import CohortResult
     from medflow.cohort.schema import CohortDefinition
     from medflow.cohort.tracking import CohortTracker, RunDiff
@@ -50,26 +46,9 @@ def _definition(file: Path) -> CohortDefinition:
         raise typer.Exit(2) from None
 
 
-@contextmanager
-def _container(data_dir: Path | None) -> Iterator[Container]:
-    from medflow.bootstrap import build
-
-    configure("warning")
-    container = build(load_settings(data_dir))
-    try:
-        yield container
-    finally:
-        container.close()
-
-
 def _call(data_dir: Path | None, action: Callable[[CohortTracker], T]) -> T:
     """``action`` on the data directory's tracked cohorts; medflow errors printed (exit 1)."""
-    with _container(data_dir) as container:
-        try:
-            return action(container.cohorts)
-        except MedflowError as exc:
-            console.print(f"[red]{exc.message}[/red]", markup=True)
-            raise typer.Exit(1) from None
+    return call(data_dir, lambda c: action(c.cohorts), console)
 
 
 def _as_of(value: str | None) -> date | None:

@@ -15,8 +15,7 @@ Errors print their reason and exit 1 (2 for an unreadable file)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -24,12 +23,9 @@ import typer
 import yaml  # type: ignore[import-untyped]
 from rich.console import Console
 
-from medflow.cli.common import load_settings
-from medflow.core.errors import MedflowError
-from medflow.core.logging import configure
+from medflow.cli.common import call
 
 if TYPE_CHECKING:
-    from medflow.bootstrap import Container
     from medflow.labels.service import LabelService
 
 console = Console()
@@ -41,25 +37,9 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory
 SetName = Annotated[str, typer.Option("--set", help="Label set name")]
 
 
-@contextmanager
-def _container(data_dir: Path | None) -> Iterator[Container]:
-    from medflow.bootstrap import build
-
-    configure("warning")
-    container = build(load_settings(data_dir))
-    try:
-        yield container
-    finally:
-        container.close()
-
-
 def _call(data_dir: Path | None, action: Callable[[LabelService], T]) -> T:
-    with _container(data_dir) as container:
-        try:
-            return action(container.labels)
-        except MedflowError as exc:
-            console.print(f"[red]{exc.message}[/red]", markup=True)
-            raise typer.Exit(1) from None
+    """``action`` on the data directory's labels; medflow errors printed (exit 1)."""
+    return call(data_dir, lambda c: action(c.labels), console)
 
 
 def _print(value: Any) -> None:

@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medflow.cli.common import load_settings
+from medflow.cli.common import call
 from medflow.core.errors import MedflowError
-from medflow.core.logging import configure
 
 if TYPE_CHECKING:
     from medflow.bootstrap import Container
@@ -30,18 +29,6 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
-@contextmanager
-def _container(data_dir: Path | None) -> Iterator[Container]:
-    from medflow.bootstrap import build
-
-    configure("warning")
-    container = build(load_settings(data_dir))
-    try:
-        yield container
-    finally:
-        container.close()
-
-
 def registry_for(container: Container) -> ModelRegistry:
     """The registry over the container's index and blob store (models under ``models/``)."""
     from medflow.ml.registry.service import ModelRegistry
@@ -51,12 +38,7 @@ def registry_for(container: Container) -> ModelRegistry:
 
 
 def _call(data_dir: Path | None, action: Callable[[Container], T]) -> T:
-    with _container(data_dir) as container:
-        try:
-            return action(container)
-        except MedflowError as exc:
-            console.print(f"[red]{exc.message}[/red]")
-            raise typer.Exit(1) from None
+    return call(data_dir, action, console)
 
 
 def train(

@@ -6,7 +6,12 @@
 - ``GET /api/labels/sets``, ``GET /api/labels/sets/{name}[?version=N]``;
 - ``POST /api/labels`` (a :class:`~medflow.labels.schemas.LabelRequest`) -> 201, the KOS/SR/SEG
   stored into the study, ``Location`` its DICOMweb URL;
-- ``GET /api/labels?set=NAME[&study=UID]`` the indexed labels.
+- ``GET /api/labels?set=NAME[&study=UID]`` the indexed labels;
+- ``DELETE /api/labels/documents/{uid}?set=NAME`` removes a label document of the set from the
+  archive and the index (a reader taking a label back);
+- ``GET /api/labels/queue?set=NAME[&patient=ID...][&modality=CR...][&body_part=...]
+  [&date=YYYYMMDD-YYYYMMDD][&description=TEXT][&unlabeled=true][&offset=&limit=]`` the labeling
+  queue (:mod:`medflow.labels.queue`; the web page also takes a cohort).
 
 Errors are RFC 9457 problem details (``application/problem+json``): 404 unknown set or target,
 400 invalid input (pydantic's request errors too), 409 conflict, 503/500 storage failures.
@@ -25,6 +30,7 @@ from medflow.core.errors import (
     NotFound,
     Unsupported,
 )
+from medflow.labels.queue import build_queue, queue_filter
 from medflow.labels.schemas import LabelRequest, LabelSetDefinition
 from medflow.labels.service import LabelService
 from medflow.problems import StatusTable, Validation, problem_route
@@ -95,5 +101,37 @@ def build_labels_router() -> APIRouter:
             lambda: _service(request).labels(label_set=label_set, study_uid=study)
         )
         return [r.as_json() for r in rows]
+
+    @router.delete("/documents/{sop_uid}")
+    async def remove_document(
+        request: Request, sop_uid: str, label_set: Annotated[str, Query(alias="set")]
+    ) -> dict[str, Any]:
+        """Take a label back: its document leaves the archive, its rows the index."""
+        removed = await run_in_threadpool(
+            lambda: _service(request).remove(label_set=label_set, sop_instance_uid=sop_uid)
+        )
+        return {"sop_instance_uid": sop_uid, "label_set": label_set, "labels_removed": removed}
+
+    @router.get("/queue")
+    async def queue(
+        request: Request,
+        label_set: Annotated[str, Query(alias="set")],
+        patient: Annotated[list[str] | None, Query()] = None,
+        modality: Annotated[list[str] | None, Query()] = None,
+        body_part: Annotated[list[str] | None, Query()] = None,
+        date: Annotated[str | None, Query(pattern=r"^\d{8}?-?\d{0,8}$")] = None,
+        description: Annotated[str | None, Query(max_length=64)] = None,
+        unlabeled: bool = False,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> dict[str, Any]:
+        """The labeling queue of a set over the studies the filters select."""
+        where = queue_filter(patient, modality, body_part, date, description, unlabeled)
+        container = request.app.state.container
+        result = await run_in_threadpool(
+            lambda: build_queue(store=container.store, labels=container.labels,
+                                label_set=label_set, where=where, offset=offset, limit=limit)
+        )  # fmt: skip
+        return result.as_json()
 
     return router

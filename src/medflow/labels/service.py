@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,13 @@ class LabelService:
             )
 
     def write(self, *, request: LabelRequest) -> Written:
-        """Build the label's document, store it into the study, index its labels."""
+        """Build the label's document, store it into the study, index its labels; then remove
+        the documents it ``replaces`` (checked first: each must be a label document of the
+        set in the same study)."""
         info = self.sets.get(name=request.label_set)
         self._check(info, request)
+        for uid in request.replaces:
+            self._document(info, uid, study_uid=request.study_uid)
         targets = self._targets(request)
         kind = request.resolved_kind()
         cls = info.definition.label_class(request.label)
@@ -145,6 +149,8 @@ class LabelService:
             for f in _frames(r, frame)
         ]
         self._replace(info, str(ds.SOPInstanceUID), rows)
+        for uid in request.replaces:
+            self.remove(label_set=info.name, sop_instance_uid=uid)
         return Written(
             kind=kind.upper(),
             sop_instance_uid=str(ds.SOPInstanceUID),
@@ -222,13 +228,75 @@ class LabelService:
             session.add_all(rows)
             session.commit()
 
+    def _document(
+        self, info: LabelSetInfo, sop_instance_uid: str, *, study_uid: str | None = None
+    ) -> InstanceRecord | None:
+        """The archived label document ``sop_instance_uid`` of the set (None when the archive
+        no longer holds it); ``NotFound`` when the set's index has no label from it (or, with
+        ``study_uid``, none in that study)."""
+        q = select(Label.study_uid).where(
+            Label.set_id == info.id,
+            Label.source_uid == sop_instance_uid,
+            Label.source_kind.in_(("KOS", "SR", "SEG", "GSPS")),
+        )
+        with Session(self._engine) as session:
+            studies = set(session.scalars(q))
+        if not studies or (study_uid is not None and study_uid not in studies):
+            raise NotFound(f"label set {info.name!r} has no label document {sop_instance_uid}")
+        found = self._store.select_instances(sop_uids=[sop_instance_uid])
+        return found[0] if found else None
+
+    def remove(self, *, label_set: str, sop_instance_uid: str) -> int:
+        """Delete a label document of the set from the archive (a "delete" change feed entry,
+        as a DICOMweb DELETE gives) and its rows from the index; the number of rows removed."""
+        info = self.sets.get(name=label_set)
+        record = self._document(info, sop_instance_uid)
+        if record is not None:
+            self._store.delete(
+                study_uid=record.study_uid,
+                series_uid=record.series_uid,
+                sop_uid=record.sop_instance_uid,
+            )
+        return self._forget(info.id, [sop_instance_uid])
+
+    def _forget(self, set_id: int, sources: Sequence[str]) -> int:
+        with write_session(self._engine) as session:
+            done = session.execute(
+                delete(Label).where(Label.set_id == set_id, Label.source_uid.in_(sources))
+            )
+            session.commit()
+        return int(getattr(done, "rowcount", 0) or 0)
+
+    def _prune(self, set_id: int, rows: Sequence[Label]) -> set[str]:
+        """Sources of ``rows`` whose document the archive no longer holds (deleted over
+        DICOMweb or DIMSE after it was indexed): their rows are dropped from the index."""
+        sources = sorted({r.source_uid for r in rows if r.source_uid})
+        kept: set[str] = set()
+        for i in range(0, len(sources), 500):
+            chunk = sources[i : i + 500]
+            kept |= {r.sop_instance_uid for r in self._store.select_instances(sop_uids=chunk)}
+        gone = set(sources) - kept
+        if gone:
+            self._forget(set_id, sorted(gone))
+            log.info("dropped the labels of %d deleted label documents", len(gone))
+        return gone
+
     # -- querying ---------------------------------------------------------------------------
-    def labels(self, *, label_set: str, study_uid: str | None = None) -> list[LabelRow]:
-        """The indexed labels of a set (of one study), in a stable order."""
+    def labels(
+        self,
+        *,
+        label_set: str,
+        study_uid: str | None = None,
+        study_uids: Collection[str] | None = None,
+    ) -> list[LabelRow]:
+        """The indexed labels of a set (of one study, or of any of ``study_uids``), in a
+        stable order. Labels whose document has left the archive are dropped on the way."""
         info = self.sets.get(name=label_set)
         q = select(Label).where(Label.set_id == info.id)
         if study_uid is not None:
             q = q.where(Label.study_uid == study_uid)
+        if study_uids is not None:
+            q = q.where(Label.study_uid.in_(sorted(set(study_uids))))
         q = q.order_by(
             Label.patient_id,
             Label.study_uid,
@@ -239,22 +307,25 @@ class LabelService:
             Label.source_uid,
         )
         with Session(self._engine) as session:
-            return [
-                LabelRow(
-                    info.name,
-                    r.set_version,
-                    r.class_name,
-                    r.study_uid,
-                    r.series_uid,
-                    r.sop_instance_uid,
-                    r.frame,
-                    r.patient_id,
-                    json.loads(r.roi) if r.roi else None,
-                    r.source_uid,
-                    r.source_kind,
-                )
-                for r in session.scalars(q)
-            ]
+            found = list(session.scalars(q))
+        gone = self._prune(info.id, found)
+        return [
+            LabelRow(
+                info.name,
+                r.set_version,
+                r.class_name,
+                r.study_uid,
+                r.series_uid,
+                r.sop_instance_uid,
+                r.frame,
+                r.patient_id,
+                json.loads(r.roi) if r.roi else None,
+                r.source_uid,
+                r.source_kind,
+            )
+            for r in found
+            if r.source_uid not in gone
+        ]
 
     # -- importing --------------------------------------------------------------------------
     def default_mapping(self, *, label_set: str) -> Mapping:
@@ -476,8 +547,10 @@ class LabelService:
         seed: int = 0,
         split: str = "0.7,0.15,0.15",
         version: int | None = None,
+        patients: Collection[str] | None = None,
     ) -> ExportResult:
-        """Write the set's training manifest (Parquet, :data:`manifest.MANIFEST_SCHEMA`)."""
+        """Write the set's training manifest (Parquet, :data:`manifest.MANIFEST_SCHEMA`);
+        ``patients`` (PatientIDs, e.g. a cohort's MRNs) keeps only their labels."""
         try:
             fractions = manifest.parse_split(split)
         except ValueError as exc:
@@ -491,6 +564,8 @@ class LabelService:
                 continue
             if r.label not in index:
                 dropped += 1
+                continue
+            if patients is not None and r.patient_id not in patients:
                 continue
             roi = json.dumps(r.roi, sort_keys=True, separators=(",", ":")) if r.roi else None
             rows.append(

@@ -4,6 +4,8 @@
 study with its series and an image viewer, ``/slides/{study}/{series}`` a whole slide image
 viewer (pan and zoom over the pyramid's tiles, WADO-RS frames), ``/cohorts``, ``/cohorts/new`` and
 ``/cohorts/{id}`` the cohort list, builder and a saved cohort (:mod:`medflow.web.cohorts`),
+``/labeling`` and ``/labeling/{set}`` the labeling queue and workspace
+(:mod:`medflow.web.labeling`),
 ``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
 fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
@@ -17,18 +19,20 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.templating import Jinja2Templates
 
 from medflow import __version__
-from medflow.core.errors import NotFound
+from medflow.core.errors import InvalidInput, NotFound
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService
 from medflow.web.cohorts import builder_context, cohort_page, edit_context
 from medflow.web.home import FHIR_TYPES, home
+from medflow.web.labeling import chooser, workspace
 from medflow.web.slides import slide_page
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
@@ -39,6 +43,7 @@ STATIC_TYPES = {
     "viewer.js": "text/javascript; charset=utf-8",
     "cohorts.js": "text/javascript; charset=utf-8",
     "slides.js": "text/javascript; charset=utf-8",
+    "labeling.js": "text/javascript; charset=utf-8",
 }
 """The static files served (no other name is looked up)."""
 
@@ -140,6 +145,7 @@ def build_web_router() -> APIRouter:
         return _page(request, "slide.html", context)
 
     _cohort_pages(router)
+    _labeling_pages(router)
 
     @router.get("/static/{name}")
     def static(request: Request, name: str) -> Response:
@@ -183,6 +189,39 @@ def _cohort_pages(router: APIRouter) -> None:
             return _page(request, "not_found.html", {"what": "cohort"}, status_code=404)
         return _page(request, "cohort.html", {"active": "cohorts", "page": page,
                                               **builder_context()})  # fmt: skip
+
+
+def _labeling_pages(router: APIRouter) -> None:
+    @router.get("/labeling", response_class=HTMLResponse)
+    def labeling_home(request: Request) -> Response:
+        """The chooser; its form (``?set=NAME&...``) leads to the set's workspace."""
+        container = request.app.state.container
+        chosen = request.query_params.get("set")
+        if chosen:
+            rest = urlencode([(k, v) for k, v in request.query_params.multi_items()
+                              if k != "set" and v])  # fmt: skip
+            target = f"{_root(request)}/labeling/{quote(chosen, safe='')}"
+            return RedirectResponse(target + (f"?{rest}" if rest else ""), status_code=303)
+        page = chooser(labels=container.labels, cohorts=container.cohorts)
+        return _page(request, "labeling_home.html", {"active": "labeling", "page": page})
+
+    @router.get("/labeling/{label_set}", response_class=HTMLResponse)
+    def labeling(request: Request, label_set: str) -> HTMLResponse:
+        """The reader's workspace over the queue the query parameters select."""
+        container = request.app.state.container
+        try:
+            space = workspace(store=container.store, labels=container.labels,
+                              cohorts=container.cohorts, label_set=label_set,
+                              params=request.query_params)  # fmt: skip
+        except NotFound:
+            what = {"what": "label set or cohort"}
+            return _page(request, "not_found.html", what, status_code=404)
+        except InvalidInput as exc:
+            page = chooser(labels=container.labels, cohorts=container.cohorts, error=exc.message)
+            context = {"active": "labeling", "page": page}
+            return _page(request, "labeling_home.html", context, status_code=400)
+        context = {"active": "labeling", "space": space, "data": space.data(_root(request))}
+        return _page(request, "labeling.html", context)
 
 
 __all__ = ["build_web_router"]

@@ -1,7 +1,7 @@
-"""The training manifest (Parquet, written by ``medflow.labels``): one row per labelled frame.
-
-``read_manifest`` is the one place that reads it; it will be replaced by
-``medflow.labels.manifest.read_manifest`` once that exists (same schema)."""
+"""The training manifest (Parquet, written by ``medflow labels export``): one row per labelled
+frame. The schema and the reader are :mod:`medflow.labels.manifest`'s (one definition); this
+module turns its errors into ``InvalidInput`` and adds what training needs to hold: known
+splits, and no patient in two of them."""
 
 from __future__ import annotations
 
@@ -12,41 +12,30 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from medflow.core.errors import InvalidInput
+from medflow.labels.manifest import MANIFEST_SCHEMA, SPLITS
+from medflow.labels.manifest import read_manifest as read_table
 
-COLUMNS: dict[str, pa.DataType] = {
-    "sop_instance_uid": pa.string(),
-    "frame": pa.int64(),
-    "study_uid": pa.string(),
-    "series_uid": pa.string(),
-    "patient_id": pa.string(),
-    "label": pa.string(),
-    "value": pa.int64(),
-    "roi": pa.string(),
-    "source_uid": pa.string(),
-    "label_set": pa.string(),
-    "label_set_version": pa.int64(),
-    "split": pa.string(),
-}
-SPLITS = ("train", "val", "test")
+COLUMNS: dict[str, pa.DataType] = {f.name: f.type for f in MANIFEST_SCHEMA}
+"""The manifest's columns and types, in order (:data:`medflow.labels.manifest.MANIFEST_SCHEMA`)."""
 
 
 def read_manifest(path: Path) -> pa.Table:
-    """The manifest's rows with the columns checked (``InvalidInput`` otherwise): every column
-    present (integers widened to int64), splits among train/val/test and disjoint by patient."""
+    """The manifest's rows, checked (``InvalidInput`` otherwise): exactly the manifest's
+    columns, the rows' recorded SHA-256 when there is one, splits among train/val/test and
+    disjoint by patient."""
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (OSError, pa.ArrowInvalid) as exc:
         raise InvalidInput(f"cannot read the manifest {path.name}: {exc}") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise InvalidInput(f"the manifest lacks the columns {', '.join(missing)}")
     try:
-        table = table.select(list(COLUMNS)).cast(pa.schema(list(COLUMNS.items())))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InvalidInput(f"manifest column types: {exc}") from None
-    rows = table.select(["patient_id", "split"]).to_pylist()
+        table = read_table(path)
+    except (OSError, ValueError, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInput(f"the manifest {path.name}: {exc}") from None
     seen: dict[str, str] = {}
-    for row in rows:
+    for row in table.select(["patient_id", "split"]).to_pylist():
         if row["split"] not in SPLITS:
             raise InvalidInput(f"unknown split {row['split']!r}")
         if seen.setdefault(row["patient_id"], row["split"]) != row["split"]:
@@ -60,3 +49,6 @@ def file_sha256(path: Path) -> str:
         while chunk := fp.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+__all__ = ["COLUMNS", "SPLITS", "file_sha256", "read_manifest"]

@@ -21,6 +21,7 @@ from medflow.core.errors import MedflowError
 if TYPE_CHECKING:
     from medflow.bootstrap import Container
     from medflow.ml.registry.service import ModelInfo, ModelRegistry
+    from medflow.ml.train.source import TrainingData
 
 console = Console()
 models_app = typer.Typer(help="The model registry: trained models, versions and stages.")
@@ -42,7 +43,19 @@ def _call(data_dir: Path | None, action: Callable[[Container], T]) -> T:
 
 
 def train(
-    manifest: Annotated[Path, typer.Option(help="Training manifest (Parquet)", exists=True)],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="Training manifest (Parquet); or --labels", exists=True, dir_okay=False),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Label set to export a manifest from")
+    ] = None,
+    labels_version: Annotated[
+        int | None, typer.Option("--labels-version", help="Label set version (default latest)")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="With --labels: train,val,test fractions [0.7,0.15,0.15]")
+    ] = None,
     model: Annotated[str, typer.Option("--model", help="Registry name")] = "classifier",
     arch: Annotated[str, typer.Option(help="densenet121, resnet18 or small")] = "small",
     features: Annotated[
@@ -53,21 +66,26 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs)")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW)")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (training; with --labels the split)")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when present)")] = "auto",
     target_sensitivity: Annotated[
         float | None,
         typer.Option("--target-sensitivity", help="Operating point (default: Youden's J)"),
     ] = None,
-    cohort: Annotated[int | None, typer.Option(help="Cohort id (lineage)")] = None,
+    cohort: Annotated[
+        str | None, typer.Option(help="Saved cohort (id or name): train on its patients only")
+    ] = None,
     stage: Annotated[str, typer.Option(help="Stage of the new version")] = "none",
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Train a 2D classifier on a labels manifest and register it as a new model version."""
+    """Train a 2D classifier on a labels manifest (--manifest FILE, or --labels SET exported
+    on the spot), optionally restricted to a cohort's patients, and register it as a new
+    model version."""
     from medflow.ml.train.features import parse_features
     from medflow.ml.train.service import TrainConfig, train_model
 
+    _check_source(manifest, labels, labels_version, split)
     try:
         config = TrainConfig(
             arch=arch, size=size, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
@@ -84,10 +102,14 @@ def train(
             from medflow.ml.registry.service import check_stage
 
             check_stage(stage)
+        data = _training_data(container, manifest=manifest, label_set=labels, cohort=cohort,
+                              seed=seed, split=split, version=labels_version,
+                              quiet=as_json)  # fmt: skip
         with _progress() as (progress, update):
-            result = train_model(store=container.store, fhir=container.fhir, manifest=manifest,
-                                 config=config, registry=registry, name=model, cohort_id=cohort,
-                                 progress=update)  # fmt: skip
+            result = train_model(store=container.store, fhir=container.fhir,
+                                 manifest=data.manifest, config=config, registry=registry,
+                                 name=model, cohort_id=None if data.cohort is None
+                                 else data.cohort.id, progress=update)  # fmt: skip
             progress.stop()
         info = result.model
         if info is not None and stage != "none":
@@ -101,6 +123,62 @@ def train(
         console.print_json(json.dumps(info.to_dict()))
     else:
         _show(info)
+
+
+def _check_source(
+    manifest: Path | None, labels: str | None, version: int | None, split: str | None
+) -> None:
+    """Exactly one of --manifest and --labels; --labels-version and --split (checked) need
+    --labels."""
+    if (manifest is None) == (labels is None):
+        raise typer.BadParameter("give exactly one of --manifest FILE and --labels SET",
+                                 param_hint="'--manifest' / '--labels'")  # fmt: skip
+    if labels is None and (version is not None or split is not None):
+        raise typer.BadParameter("--labels-version and --split go with --labels (a manifest "
+                                 "has its splits)", param_hint="'--labels'")  # fmt: skip
+    if split is not None:
+        from medflow.labels.manifest import parse_split
+
+        try:
+            parse_split(split)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--split'") from None
+
+
+def _training_data(
+    container: Container,
+    *,
+    manifest: Path | None,
+    label_set: str | None,
+    cohort: str | None,
+    seed: int,
+    split: str | None,
+    version: int | None,
+    quiet: bool,
+) -> TrainingData:
+    """The manifest to train on (exported or filtered under ``<data_dir>/ml/manifests``); a
+    cohort leaving nothing to train on, or an empty split, is a bad parameter (exit 2)."""
+    from medflow.ml.train.source import DEFAULT_SPLIT, EmptySplit, NoTrainingData, training_data
+
+    try:
+        data = training_data(labels=container.labels, cohorts=container.cohorts,
+                             data_dir=container.settings.data_dir, manifest=manifest,
+                             label_set=label_set, cohort=cohort, seed=seed,
+                             split=split or DEFAULT_SPLIT, version=version)  # fmt: skip
+    except NoTrainingData as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--cohort'") from None
+    except EmptySplit as exc:
+        hint = "'--seed' / '--split'" if label_set is not None else "'--cohort'"
+        raise typer.BadParameter(exc.message, param_hint=hint) from None
+    if not quiet:
+        if data.cohort is not None:
+            c = data.cohort
+            console.print(f"cohort {c.id} ({c.name}) version {c.version}: "
+                          f"{len(c.mrns)} patients", markup=False)  # fmt: skip
+        if data.manifest != manifest:
+            console.print(f"manifest {data.manifest} ({data.rows} rows, {data.patients} "
+                          "patients)", markup=False, soft_wrap=True)  # fmt: skip
+    return data
 
 
 @contextmanager

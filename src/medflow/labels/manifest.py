@@ -1,9 +1,11 @@
 """The training manifest (``medflow labels export``): one Parquet row per labelled instance
 frame, the schema the training code reads (:data:`MANIFEST_SCHEMA`), split by patient.
 
-Deterministic: rows are sorted, patients are ordered by SHA-256 of ``"<seed>:<PatientID>"``
-and cut into train/val/test by the split fractions, so the same labels, seed and split give
-byte-identical Parquet. The file's key-value metadata carries the set, its version, the seed,
+Deterministic and stable: rows are sorted, and each patient's split depends only on the seed,
+the PatientID and the split fractions (SHA-256 of ``"<seed>:<PatientID>"`` read as a number
+in [0, 1) and compared with the cumulative fractions), so the same labels, seed and split give
+byte-identical Parquet, and adding or removing patients never moves another patient between
+train, val and test. The file's key-value metadata carries the set, its version, the seed,
 the split and a SHA-256 over the rows (:func:`rows_digest`).
 """
 
@@ -84,19 +86,30 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+def split_point(patient: str, *, seed: int) -> float:
+    """The patient's point in [0, 1): the first 8 bytes of SHA-256 of ``"<seed>:<id>"`` as a
+    big-endian integer, divided by 2**64."""
+    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def assign_splits(
     patients: Iterable[str], *, seed: int, fractions: tuple[float, float, float]
 ) -> dict[str, str]:
-    """Each patient's split: patients ordered by SHA-256 of ``"<seed>:<id>"``, the first
-    ``round(n * train)`` train, the next ``round(n * (train + val))`` val, the rest test."""
-    order = sorted(set(patients), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).digest())
-    n = len(order)
-    train_end = round(n * fractions[0])
-    val_end = max(train_end, round(n * (fractions[0] + fractions[1])))
-    return {
-        p: SPLITS[0] if i < train_end else SPLITS[1] if i < val_end else SPLITS[2]
-        for i, p in enumerate(order)
-    }
+    """Each patient's split, a function of (seed, patient, fractions) only: with ``u`` its
+    :func:`split_point`, train when ``u < train``, val when ``u < train + val``, else test.
+
+    A patient keeps its split whoever else is exported, so a later export with more patients
+    never moves an earlier test patient into train. The fractions are honoured in expectation
+    (a binomial draw per patient), not exactly: a small export may have an empty split."""
+    # a zero fraction never gets a patient, whatever the rounding of the cumulative sums
+    train = fractions[0] if fractions[1] + fractions[2] > 0 else 2.0
+    val = fractions[0] + fractions[1] if fractions[2] > 0 else 2.0
+    out = {}
+    for p in sorted(set(patients)):
+        u = split_point(p, seed=seed)
+        out[p] = SPLITS[0] if u < train else SPLITS[1] if u < val else SPLITS[2]
+    return out
 
 
 def rows_digest(rows: Sequence[dict[str, Any]]) -> str:

@@ -57,6 +57,44 @@ def test_bootstrap_interval_is_sane() -> None:
     assert bootstrap_auc_ci(y, s, n=300, seed=1) == (lo, hi)  # seeded
 
 
+def _patients(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One label and one score per patient (ids P000, P001, ... in sorted order)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, count)
+    s = y * 0.7 + rng.normal(0, 0.6, count)
+    return np.array([f"P{i:03d}" for i in range(count)]), y, s
+
+
+def test_bootstrap_by_patient_keeps_a_patients_images_together() -> None:
+    """With ``groups`` a resample draws whole patients: ten identical images per patient, in
+    any order, give exactly the interval of one image per patient resampled image by image
+    (AUC is unchanged by repeating every case ten times); resampled image by image they look
+    like ten times the evidence and give a much narrower, overconfident interval."""
+    ids, y, s = _patients(40, seed=2)
+    per_patient = bootstrap_auc_ci(y, s, n=400, seed=9)
+    order = np.random.default_rng(5).permutation(400)
+    ids10, y10, s10 = (np.repeat(a, 10)[order] for a in (ids, y, s))
+    clustered = bootstrap_auc_ci(y10, s10, n=400, seed=9, groups=ids10)
+    assert clustered == pytest.approx(per_patient)
+    naive = bootstrap_auc_ci(y10, s10, n=400, seed=9)
+    assert (clustered[1] - clustered[0]) > 2 * (naive[1] - naive[0])
+    assert naive[0] < roc_auc(y10, s10) < naive[1]
+    assert bootstrap_auc_ci(y10, s10, n=400, seed=9, groups=ids10) == clustered  # seeded
+    assert bootstrap_auc_ci(y10, s10, n=400, seed=10, groups=ids10) != clustered
+
+
+def test_bootstrap_groups_of_single_images_is_the_plain_bootstrap() -> None:
+    ids, y, s = _patients(60, seed=4)
+    assert bootstrap_auc_ci(y, s, n=200, seed=1, groups=ids) == bootstrap_auc_ci(
+        y, s, n=200, seed=1
+    )
+    with pytest.raises(InvalidInput, match="groups"):
+        bootstrap_auc_ci(y, s, groups=ids[:-1])
+    report = binary_report(y, s, threshold=0.35, bootstrap=50, groups=ids)
+    assert report["auc_ci_resampled"] == "patient"
+    assert binary_report(y, s, threshold=0.35, bootstrap=50)["auc_ci_resampled"] == "image"
+
+
 def test_operating_points_and_rates() -> None:
     # thresholds: .8 (tpr .5, fpr 0), .4 (.5, .5), .35 (1, .5), .1 (1, 1): Youden's J .5 first
     assert operating_point(Y, S) == pytest.approx(0.8)

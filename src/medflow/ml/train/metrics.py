@@ -1,7 +1,8 @@
 """Metrics of a binary classifier's scores (pure numpy): ROC AUC with a bootstrap confidence
-interval, an operating point chosen on validation (Youden's J or a target sensitivity),
-sensitivity and specificity at it, the Brier score and reliability bins; ROC and calibration
-plots as PNG (matplotlib's Agg canvas, no pyplot state)."""
+interval (resampling patients, a cluster bootstrap, when each sample's patient is given), an
+operating point chosen on validation (Youden's J or a target sensitivity), sensitivity and
+specificity at it, the Brier score and reliability bins; ROC and calibration plots as PNG
+(matplotlib's Agg canvas, no pyplot state)."""
 
 from __future__ import annotations
 
@@ -49,14 +50,30 @@ def roc_auc(y: ArrayLike, s: ArrayLike) -> float:
 
 
 def bootstrap_auc_ci(
-    y: ArrayLike, s: ArrayLike, *, n: int = 1000, alpha: float = 0.05, seed: int = 0
+    y: ArrayLike,
+    s: ArrayLike,
+    *,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUC (resamples with one class are skipped)."""
+    """Percentile bootstrap interval of the AUC (resamples with one class are skipped).
+
+    ``groups`` (one id per sample, e.g. the PatientID of each image): a cluster bootstrap,
+    each resample draws whole groups with replacement and takes all their samples, since the
+    images of one patient are correlated and resampling them one by one understates the
+    variance. None: samples are drawn one by one."""
     yt, st = _arrays(y, s)
     rng = np.random.default_rng(seed)
+    members = _group_members(groups, len(yt))
     aucs = []
     for _ in range(n):
-        idx = rng.integers(0, len(yt), len(yt))
+        if members is None:
+            idx = rng.integers(0, len(yt), len(yt))
+        else:
+            picked = rng.integers(0, len(members), len(members))
+            idx = np.concatenate([members[g] for g in picked])
         value = roc_auc(yt[idx], st[idx])
         if not np.isnan(value):
             aucs.append(value)
@@ -64,6 +81,22 @@ def bootstrap_auc_ci(
         return float("nan"), float("nan")
     lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def _group_members(groups: ArrayLike | None, size: int) -> list[NDArray[np.intp]] | None:
+    """The sample indices of each group, groups in sorted order of their ids (so the draw
+    does not depend on the order of the samples' groups); None without groups."""
+    if groups is None:
+        return None
+    ids = np.asarray(groups).ravel()
+    if ids.shape != (size,):
+        raise InvalidInput("groups and labels differ in length")
+    if not size:
+        return []
+    _, inverse = np.unique(ids, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse))[:-1]
+    return list(np.split(order, bounds))
 
 
 def roc_curve(y: ArrayLike, s: ArrayLike) -> tuple[Floats, Floats, Floats]:
@@ -142,15 +175,18 @@ def binary_report(
     threshold: float,
     bootstrap: int = 1000,
     seed: int = 0,
+    groups: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    """Every test metric as JSON values (NaN as None)."""
+    """Every test metric as JSON values (NaN as None). ``groups`` (the patient of each
+    sample): the AUC interval resamples patients, not images (:func:`bootstrap_auc_ci`)."""
     yt, pt = _arrays(y_test, p_test)
-    lo, hi = bootstrap_auc_ci(yt, pt, n=bootstrap, seed=seed)
+    lo, hi = bootstrap_auc_ci(yt, pt, n=bootstrap, seed=seed, groups=groups)
     sens, spec = sensitivity_specificity(yt, pt, threshold)
     bins = reliability(yt, pt)
     report = {
         "n": len(yt), "positives": int(yt.sum()), "auc": roc_auc(yt, pt),
-        "auc_ci95": [lo, hi], "threshold": threshold, "sensitivity": sens,
+        "auc_ci95": [lo, hi], "auc_ci_resampled": "image" if groups is None else "patient",
+        "threshold": threshold, "sensitivity": sens,
         "specificity": spec, "brier": brier(yt, pt),
         "ece": expected_calibration_error(bins),
         "reliability": [asdict(b) for b in bins],

@@ -75,6 +75,8 @@ class _Split:
     features: NDArray[np.float32]
     labels: NDArray[np.int64]
     patients: int
+    groups: list[str]
+    """The PatientID of each image (the bootstrap resamples patients)."""
 
 
 def resolve_device(device: str) -> str:
@@ -123,8 +125,8 @@ def _splits(rows: Sequence[dict[str, Any]], decoded: Decoded,
         if not len(idx):
             raise InvalidInput(f"the manifest has no {split} rows")
         labels = np.array([rows[i]["value"] for i in idx], dtype=np.int64)
-        out[split] = _Split(decoded.images[idx], tabular[idx], labels,
-                            len({rows[i]["patient_id"] for i in idx}))  # fmt: skip
+        groups = [str(rows[i]["patient_id"]) for i in idx]
+        out[split] = _Split(decoded.images[idx], tabular[idx], labels, len(set(groups)), groups)
     return out
 
 
@@ -207,7 +209,8 @@ def _evaluate(
         threshold = operating_point(splits["val"].labels, probs["val"][:, 1],
                                     target_sensitivity=config.target_sensitivity)  # fmt: skip
         report = binary_report(splits["test"].labels, probs["test"][:, 1], threshold=threshold,
-                               bootstrap=config.bootstrap, seed=config.seed)  # fmt: skip
+                               bootstrap=config.bootstrap, seed=config.seed,
+                               groups=splits["test"].groups)  # fmt: skip
         method = ("youden" if config.target_sensitivity is None
                   else f"sensitivity>={config.target_sensitivity}")  # fmt: skip
         report["operating_point"] = {"method": method, "chosen_on": "val"}
@@ -221,7 +224,12 @@ def _evaluate(
     for k, label in enumerate(classes):
         y = (splits["test"].labels == k).astype(np.int64)
         per_class[label] = binary_report(
-            y, probs["test"][:, k], threshold=0.5, bootstrap=config.bootstrap, seed=config.seed
+            y,
+            probs["test"][:, k],
+            threshold=0.5,
+            bootstrap=config.bootstrap,
+            seed=config.seed,
+            groups=splits["test"].groups,
         )["auc"]
     values = [v for v in per_class.values() if v is not None]
     return {"auc_macro": float(np.mean(values)) if values else None,

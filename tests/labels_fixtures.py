@@ -6,8 +6,10 @@ of one study and returns a Part 10 ready dataset of a new series in that study."
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -20,7 +22,11 @@ from medflow.labels.schemas import FOR_TEACHING, Code, Roi
 __all__ = ["KOS", "PNEUMOTHORAX", "Roi"]
 
 PNEUMOTHORAX = Code(scheme="SCT", value="36118008", meaning="Pneumothorax")
+CONSOLIDATION = Code(scheme="SCT", value="95436008", meaning="Lung consolidation")
 OF_INTEREST = ("DCM", "113000")
+MULTIFRAME_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+"""Multi-frame Grayscale Word Secondary Capture: no Frame of Reference, no functional groups."""
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 def image(
@@ -216,3 +222,174 @@ def gsps(images: Sequence[Dataset], *, text: str = "Pneumothorax", units: str = 
     series.ReferencedImageSequence = DicomSequence(refs)
     ds.ReferencedSeriesSequence = DicomSequence([series])
     return _part10(ds)
+
+
+# -- multi-frame images ---------------------------------------------------------------------
+def multiframe_image(
+    *, study: str, frames: int = 3, size: int = 16, spatial: bool = False, patient: str = "P1"
+) -> Dataset:
+    """A multi-frame image with pixels: a Multi-frame Grayscale Word SC (no Frame of
+    Reference), or with ``spatial`` an enhanced-MR-like image with a Frame of Reference and
+    functional groups (shared orientation and pixel measures, one plane position per frame,
+    1 mm apart) as highdicom reads them."""
+    ds = image(study=study, size=size, patient=patient,
+               sop_class=ENHANCED_MR if spatial else MULTIFRAME_SC)  # fmt: skip
+    ds.Modality = "MR" if spatial else "OT"
+    ds.NumberOfFrames = frames
+    ds.BitsStored, ds.HighBit = 16, 15
+    ds.PixelData = np.zeros((frames, size, size), np.uint16).tobytes()
+    if not spatial:
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = 100
+        return ds
+    del ds.PatientOrientation
+    ds.FrameOfReferenceUID = generate_uid()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [1, 1], 1
+    shared = Dataset()
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for i in range(frames):
+        position, item = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(i)]
+        item.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    return ds
+
+
+def sr_on_frame(image: Dataset, frame: int | None, roi: Roi | None = None) -> Dataset:
+    return _part10(builders.build_sr(evidence=[image], concept=PNEUMOTHORAX,
+                                     label="pneumothorax", roi=roi, frame=frame))  # fmt: skip
+
+
+def seg_of_frame(source: Dataset, frame: int) -> Dataset:
+    mask = np.zeros((int(source.Rows), int(source.Columns)), np.uint8)
+    mask[2:5, 3:7] = 1
+    return _part10(builders.build_seg(source=source, mask=mask, concept=PNEUMOTHORAX,
+                                      label="pneumothorax", frame=frame))  # fmt: skip
+
+
+# -- malformed items: one bad item in an otherwise readable document -------------------------
+def _walk_items(item: Dataset) -> list[Dataset]:
+    out = []
+    for child in item.get("ContentSequence", []):
+        out += [child, *_walk_items(child)]
+    return out
+
+
+def _image_items(item: Dataset) -> list[Dataset]:
+    return [i for i in _walk_items(item) if i.get("ValueType") == "IMAGE"]
+
+
+def _without_uid(item: Dataset) -> None:
+    """The item's first Referenced SOP Sequence item loses its SOP Instance UID (a copy:
+    highdicom may share reference items between sequences)."""
+    ref = copy.deepcopy(item.ReferencedSOPSequence[0])
+    del ref.ReferencedSOPInstanceUID
+    item.ReferencedSOPSequence = DicomSequence([ref])
+
+
+def kos_with_a_malformed_image_item(images: Sequence[Dataset]) -> Dataset:
+    """The first IMAGE item's reference has no Referenced SOP Instance UID, and one evidence
+    reference has none either; the other images are selected as usual."""
+    ds = highdicom_kos(images)
+    _without_uid(_image_items(ds)[0])
+    series = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    extra = Dataset()
+    extra.ReferencedSOPClassUID = images[0].SOPClassUID
+    series.ReferencedSOPSequence.append(extra)
+    return ds
+
+
+def sr_with_two_findings(images: Sequence[Dataset], roi: Roi) -> Dataset:
+    """Two measurement groups: a pneumothorax region on ``images[0]`` and an image-level
+    consolidation of ``images[1]`` (the second SR's group grafted into the first)."""
+    first = highdicom_sr(images[:1], roi)
+    second = _part10(builders.build_sr(evidence=images[1:2], concept=CONSOLIDATION,
+                                       label="consolidation"))  # fmt: skip
+    _measurements(first).ContentSequence.extend(_measurements(second).ContentSequence)
+    first.CurrentRequestedProcedureEvidenceSequence = DicomSequence([_evidence(images[:2])])
+    return first
+
+
+def _measurements(ds: Dataset) -> Dataset:
+    """The Imaging Measurements container (126010, DCM) of a TID 1500 report."""
+    found: Dataset = next(
+        i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )
+    return found
+
+
+def sr_with_malformed_items(images: Sequence[Dataset], roi: Roi) -> Dataset:
+    """:func:`sr_with_two_findings` whose region has 5 Graphic Data values and whose second
+    finding's only image reference has no Referenced SOP Instance UID."""
+    ds = sr_with_two_findings(images, roi)
+    first, second = _measurements(ds).ContentSequence[:2]
+    scoord = next(i for i in _walk_items(first) if i.get("ValueType") == "SCOORD")
+    scoord.GraphicData = [1.0, 2.0, 3.0, 4.0, 5.0]
+    for item in _image_items(second):
+        _without_uid(item)
+    return ds
+
+
+def seg_two_segments(source: Dataset) -> Dataset:
+    """A binary SEG of ``source`` with two segments (pneumothorax 1, consolidation 2)."""
+    mask = np.zeros((1, int(source.Rows), int(source.Columns), 2), bool)
+    mask[0, 2:5, 3:7, 0] = True
+    mask[0, 8:10, 8:12, 1] = True
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=code.meaning or code.value,
+            segmented_property_category=builders.ABNORMAL_STRUCTURE,
+            segmented_property_type=builders.coded(code),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for n, code in ((1, PNEUMOTHORAX), (2, CONSOLIDATION))
+    ]  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="other",
+        manufacturer_model_name="other", software_versions="1", device_serial_number="0",
+    )  # fmt: skip
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return _part10(seg)
+
+
+def seg_with_a_malformed_segment(source: Dataset) -> Dataset:
+    """:func:`seg_two_segments` whose consolidation frame's source reference has no SOP
+    Instance UID, and with a third segment description without a Segment Number."""
+    ds = seg_two_segments(source)
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        if frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 2:
+            derivation = copy.deepcopy(frame.DerivationImageSequence[0])
+            del derivation.SourceImageSequence[0].ReferencedSOPInstanceUID
+            frame.DerivationImageSequence = DicomSequence([derivation])
+    broken = copy.deepcopy(ds.SegmentSequence[0])
+    del broken.SegmentNumber
+    ds.SegmentSequence.append(broken)
+    return ds
+
+
+def gsps_with_malformed_items(images: Sequence[Dataset]) -> Dataset:
+    """:func:`gsps` plus a second annotation whose graphic has one Graphic Data value (a
+    point needs two) on ``images[0]``, and a third whose only image reference has no SOP
+    Instance UID."""
+    ds = gsps(images)
+    good = ds.GraphicAnnotationSequence[0]
+    bad_graphic = copy.deepcopy(good)
+    bad_graphic.ReferencedImageSequence = DicomSequence([_sop_ref(images[0])])
+    bad_graphic.GraphicObjectSequence[0].GraphicType = "POINT"
+    bad_graphic.GraphicObjectSequence[0].NumberOfGraphicPoints = 1
+    bad_graphic.GraphicObjectSequence[0].GraphicData = [3.0]
+    no_uid = copy.deepcopy(good)
+    ref = _sop_ref(images[1])
+    del ref.ReferencedSOPInstanceUID
+    no_uid.ReferencedImageSequence = DicomSequence([ref])
+    ds.GraphicAnnotationSequence.extend([bad_graphic, no_uid])
+    return ds

@@ -106,6 +106,8 @@ class LabelService:
         cls = info.definition.label_class(request.label)
         concept = cls.concept()
         headers = [self._header(r, pixels=kind == "seg") for r in targets]
+        roi = request.roi.model_dump(mode="json") if request.roi is not None else None
+        frame = request.frame if roi is not None or kind == "seg" else None
         try:
             if kind == "kos":
                 ds = builders.build_kos(
@@ -121,19 +123,21 @@ class LabelService:
                     concept=concept,
                     label=cls.name,
                     roi=request.roi,
-                    frame=request.frame,
+                    frame=frame,
                     observer=request.observer,
                 )
             else:
                 mask = np.asarray(request.mask, dtype=np.uint8)
                 ds = builders.build_seg(
-                    source=headers[0], mask=mask, concept=concept, label=cls.name
+                    source=headers[0],
+                    mask=mask,
+                    concept=concept,
+                    label=cls.name,
+                    frame=request.frame,
                 )
         except (ValueError, TypeError, AttributeError) as exc:
             raise InvalidInput(f"cannot build the {kind.upper()}: {exc}") from None
         self._store_dataset(ds)
-        roi = request.roi.model_dump(mode="json") if request.roi is not None else None
-        frame = request.frame if roi is not None or kind == "seg" else None
         rows = [
             self._row(
                 info,
@@ -398,6 +402,9 @@ class LabelService:
             )
             return
         report.documents += 1
+        report.skipped += [
+            {"sop_instance_uid": uid, "kind": kind, "reason": r} for r in document.skipped
+        ]
         rows = self._document_rows(info, mapping, document, str(ds.get("PatientID", "")), report)
         self._replace(info, uid, rows)
         if rows:
@@ -447,6 +454,16 @@ class LabelService:
             for ref in finding.references:
                 record = found.get(ref.sop_uid)
                 if record is None or not _is_image(record):
+                    continue
+                if ref.frame is not None and ref.frame > (record.number_of_frames or 1):
+                    report.skipped.append(
+                        {
+                            "sop_instance_uid": document.sop_uid,
+                            "kind": document.kind,
+                            "reason": f"frame {ref.frame} of an image with "
+                            f"{record.number_of_frames or 1} frame(s)",
+                        }
+                    )
                     continue
                 # the image's own PatientID (the split key), not the document's: a PACS may
                 # write another form of it (an issuer suffix) into its KOS

@@ -193,7 +193,10 @@ def test_import_reads_back_writes_and_quirks(hospital: Hospital) -> None:
         "gsps": fx.gsps(images),
         "sr": fx.sr_without_template(images[:1], fx.Roi(type="point", points=[(4, 4)])),
         "dangling": fx.vendor_kos([fx.image(study=study, patient=str(images[0].PatientID))]),
+        "bad-frame": fx.vendor_kos(images[:1]),
     }
+    for item in fx._image_items(documents["bad-frame"]):  # frame 5 of a one-frame image
+        item.ReferencedSOPSequence[0].ReferencedFrameNumber = 5
     for ds in documents.values():
         hospital.store(ds)
     c.labels.sets.save(
@@ -212,6 +215,7 @@ def test_import_reads_back_writes_and_quirks(hospital: Hospital) -> None:
     skipped = {s["sop_instance_uid"]: s["reason"] for s in report.skipped}
     assert "no document title" in skipped[str(documents["no-title"].SOPInstanceUID)]
     assert "not in the archive" in skipped[str(documents["dangling"].SOPInstanceUID)]
+    assert "frame 5 of an image with 1 frame" in skipped[str(documents["bad-frame"].SOPInstanceUID)]
     imported = {i["sop_instance_uid"]: i for i in report.imported}
     for name in ("vendor", "no-template", "evidence-only", "gsps", "sr"):
         assert str(documents[name].SOPInstanceUID) in imported, name

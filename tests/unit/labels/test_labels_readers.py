@@ -4,6 +4,7 @@ code (tests/labels_fixtures.py); codes matched by value, never by meaning."""
 from __future__ import annotations
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medflow.labels.readers import Unreadable, classify, read_document, scoord_roi
@@ -26,7 +27,34 @@ def refs(document: object) -> set[str]:
     return {r.sop_uid for f in document.findings for r in f.references}  # type: ignore[attr-defined]
 
 
-def test_highdicom_kos_is_read_with_its_title_modifier() -> None:
+def _items(ds: Dataset) -> list[Dataset]:
+    out: list[Dataset] = []
+    for item in ds.ContentSequence:
+        out += [item, *_items(item)] if "ContentSequence" in item else [item]
+    return out
+
+
+def test_medflow_kos_names_its_class_in_the_description_only() -> None:
+    """TID 2010 allows a Document Title Modifier (113011, DCM) only under the titles
+    "Rejected for Quality Reasons", "Quality Issue" (CID 7011) and "Best In Set" (CID 7012):
+    medflow's "For Teaching" KOS carries none; the Key Object Description names the class
+    with its code, which the reader reads back as a concept."""
+    ds = fx.highdicom_kos(IMAGES)
+    names = [tuple(i.ConceptNameCodeSequence[0][t].value for t in ("CodingSchemeDesignator",
+             "CodeValue")) for i in _items(ds) if "ConceptNameCodeSequence" in i]  # fmt: skip
+    assert ("DCM", "113011") not in names and ("DCM", "113012") in names
+    (text,) = [
+        i.TextValue
+        for i in _items(ds)
+        if getattr(i, "ValueType", "") == "TEXT"
+        and i.ConceptNameCodeSequence[0].CodeValue == "113012"
+    ]
+    assert text == "pneumothorax (SCT 36118008)"
+    doc = read_document(ds)
+    assert ("SCT", "36118008") in doc.concepts
+
+
+def test_highdicom_kos_is_read_with_its_class() -> None:
     doc = read_document(fx.highdicom_kos(IMAGES))
     assert doc.kind == "KOS" and doc.title == ("DCM", "113004") and not doc.notes
     assert refs(doc) == UIDS
@@ -154,3 +182,87 @@ def test_a_finding_said_to_be_absent_is_no_positive() -> None:
     assert changed
     doc = read_document(ds)
     assert all(classify(doc, f, BY_CONCEPT) is None for f in doc.findings)
+
+
+# -- one malformed item leaves the rest of the document readable ---------------------------
+def test_kos_image_item_without_uid_is_skipped_alone() -> None:
+    images = [fx.image(study=STUDY, series=SERIES) for _ in range(3)]
+    doc = read_document(fx.kos_with_a_malformed_image_item(images))
+    assert refs(doc) == {str(i.SOPInstanceUID) for i in images[1:]}
+    assert {r.series_uid for r in doc.findings[0].references} == {SERIES}
+    assert doc.skipped == [
+        "a reference without Referenced SOP Instance UID: left out",
+        "an evidence reference without Referenced SOP Instance UID: left out",
+    ]
+    assert classify(doc, doc.findings[0], BY_CONCEPT) == "pneumothorax"
+
+
+def test_kos_whose_every_image_item_is_malformed_is_unreadable_with_the_reason() -> None:
+    ds = fx.kos_with_a_malformed_image_item(IMAGES[:1])  # no evidence fallback for it
+    with pytest.raises(Unreadable, match=r"no instance.*Referenced SOP Instance UID"):
+        read_document(ds)
+
+
+def test_sr_malformed_region_and_reference_skip_only_those_items() -> None:
+    """The region with 5 coordinates is left out (its finding and image kept); the finding
+    whose only image reference has no UID is left out (not widened to the evidence)."""
+    roi = Roi(type="box", points=[(1, 2), (5, 6)])
+    whole = read_document(fx.sr_with_two_findings(IMAGES, roi))
+    assert len(whole.findings) == 2 and not whole.skipped
+    doc = read_document(fx.sr_with_malformed_items(IMAGES, roi))
+    (finding,) = doc.findings
+    assert finding.roi is None and refs(doc) == {str(IMAGES[0].SOPInstanceUID)}
+    assert classify(doc, finding, BY_CONCEPT) == "pneumothorax"
+    assert doc.skipped == [
+        "the region of a graphic with 5 Graphic Data values (pairs expected): left out",
+        "a reference without Referenced SOP Instance UID: left out",
+        "a finding whose every image reference is malformed: left out",
+    ]
+
+
+def test_seg_malformed_segment_and_source_skip_only_those() -> None:
+    whole = read_document(fx.seg_two_segments(IMAGES[0]))
+    assert len(whole.findings) == 2 and not whole.skipped
+    doc = read_document(fx.seg_with_a_malformed_segment(IMAGES[0]))
+    (finding,) = doc.findings
+    assert ("SCT", "36118008") in finding.concepts
+    assert refs(doc) == {str(IMAGES[0].SOPInstanceUID)}
+    assert doc.skipped == [
+        "a segment without a Segment Number: left out",
+        "a reference without Referenced SOP Instance UID: left out",
+        "segment 2, no frame of which names a source image: left out",
+    ]
+
+
+def test_gsps_malformed_graphic_and_reference_skip_only_those() -> None:
+    doc = read_document(fx.gsps_with_malformed_items(IMAGES))
+    assert [f.roi for f in doc.findings] == [{"type": "box", "points": [[2, 3], [9, 8]]}, None]
+    assert [{r.sop_uid for r in f.references} for f in doc.findings] == [
+        UIDS,
+        {str(IMAGES[0].SOPInstanceUID)},
+    ]
+    assert doc.skipped == [
+        "the region of a graphic with 1 Graphic Data values (pairs expected): left out",
+        "a reference without Referenced SOP Instance UID: left out",
+        "an annotation whose every image reference is malformed: left out",
+    ]
+
+
+def test_gsps_annotation_without_image_references_takes_the_series_images() -> None:
+    ds = fx.gsps(IMAGES)
+    del ds.GraphicAnnotationSequence[0].ReferencedImageSequence
+    doc = read_document(ds)  # Presentation Series Module: Referenced Image Sequence
+    assert refs(doc) == UIDS and not doc.skipped
+    assert {r.series_uid for r in doc.findings[0].references} == {SERIES}
+
+
+def test_frame_numbers_that_are_no_frames_skip_the_reference() -> None:
+    ds = fx.highdicom_kos(IMAGES)
+    item = next(i for i in ds.ContentSequence if i.get("ValueType") == "IMAGE")
+    ref = item.ReferencedSOPSequence[0]
+    ref.ReferencedFrameNumber = 0
+    doc = read_document(ds)
+    assert refs(doc) == UIDS - {str(ref.ReferencedSOPInstanceUID)}
+    assert doc.skipped == [
+        "a reference whose Referenced Frame Number is not a frame number: left out"
+    ]

@@ -159,6 +159,19 @@ def _evidence(ds: Dataset) -> set[str]:
     }
 
 
+def _person_names(ds: Dataset) -> set[str]:
+    found: set[str] = set()
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if item.get("ValueType") == "PNAME":
+                found.add(str(item.PersonName))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
 def _scoord(ds: Dataset) -> list[float]:
     def walk(items: Any) -> list[float] | None:
         for item in items:
@@ -200,6 +213,10 @@ def test_label_three_images(archive: Archive, page: tuple[Any, Watch]) -> None:
     tab.keyboard.press("+")
     assert tab.locator("#label-zoom").inner_text() == "125%"
     tab.keyboard.press("0")
+
+    # the reader's name, written as each document's observer
+    tab.fill("#label-observer", "Reader^One")
+    stage.focus()
 
     # image 1: a class with the keyboard -> a KOS; the queue moves on
     tab.keyboard.press("1")
@@ -261,6 +278,8 @@ def test_label_three_images(archive: Archive, page: tuple[Any, Watch]) -> None:
     assert "normal" in str(kos.ContentSequence[-1].get("TextValue", "")) or any(
         "normal" in str(i.get("TextValue", "")) for i in kos.ContentSequence
     )
+
+    assert "Reader^One" in _person_names(kos)
 
     (sr,) = _documents(base, second.StudyInstanceUID)
     assert sr.Modality == "SR" and _image_refs(sr) == {second.SOPInstanceUID}

@@ -28,6 +28,7 @@ const el = {
   message: $("label-message"),
   advance: $("label-advance"),
   count: $("queue-labeled"),
+  observer: $("label-observer"),
 };
 const ctx = el.canvas.getContext("2d");
 const ZOOM_MIN = 0.25;
@@ -376,6 +377,8 @@ async function label(name) {
     return;
   }
   const body = { label_set: data.label_set, label: name, study_uid: it.study_uid };
+  const observer = el.observer.value.trim();
+  if (observer) body.observer = observer;
   let replaced = [];
   if (roi) {
     Object.assign(body, {
@@ -623,6 +626,10 @@ for (const input of [el.center, el.width]) {
     if (Number.isFinite(center) && Number.isFinite(width) && width >= 1) setWindow(center, width);
   });
 }
+el.observer.value = localStorage.getItem("medflow.observer") || "";
+el.observer.addEventListener("change", () => {
+  localStorage.setItem("medflow.observer", el.observer.value.trim());
+});
 new ResizeObserver(resize).observe(el.stage);
 el.stage.dataset.tool = "none";
 go(0);

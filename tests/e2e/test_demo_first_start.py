@@ -29,6 +29,8 @@ def test_first_start_loads_once_and_regenerates_cleanly(tmp_path: Path) -> None:
     with serving(data) as base:
         assert ensure_demo(data, url=base, patients=2, seed=0, say=said.append)
         assert patients(base) == 2
+        labeling = httpx.get(f"{base}/api/labels/sets/chest-xray", timeout=10)
+        assert labeling.status_code == 200 and labeling.json()["version"] == 1
         assert not ensure_demo(data, url=base, patients=2, seed=0, say=said.append)
         assert "already loaded" in said[-1]
         # Another hospital: the folder then holds exactly its files (none of seed 0's).

@@ -126,6 +126,34 @@ def _present(url: str, seed: int, patients: int) -> bool:
     return qido.status_code == 200 and bool(qido.content.strip()) and bool(qido.json())
 
 
+DEMO_LABEL_SET: dict[str, Any] = {
+    "name": "chest-xray",
+    "description": "Chest X-ray findings (the demo hospital's CR studies)",
+    "classes": [
+        {"name": "normal"},
+        {"name": "pneumothorax",
+         "code": {"scheme": "SCT", "value": "36118008", "meaning": "Pneumothorax"}},
+        {"name": "consolidation",
+         "code": {"scheme": "SCT", "value": "95436008", "meaning": "Lung consolidation"}},
+    ],
+    "negative_class": "normal",
+    "scope": "instance",
+    "region_types": ["none", "box", "polygon"],
+    "kos_title": {"scheme": "DCM", "value": "113000", "meaning": "Of Interest"},
+}  # fmt: skip
+"""The label set a new user finds in the labeling UI (``/labeling/chest-xray?modality=CR``)."""
+
+
+def _demo_label_set(url: str, say: Callable[[str], None]) -> None:
+    """Define :data:`DEMO_LABEL_SET` through the labels API (unchanged: nothing new)."""
+    r = httpx.post(f"{url}/api/labels/sets", json=DEMO_LABEL_SET, timeout=30)
+    if r.status_code == 201:
+        say(f"demo hospital: label set {DEMO_LABEL_SET['name']!r} for the labeling UI "
+            f"({url}/labeling/{DEMO_LABEL_SET['name']}?modality=CR)")  # fmt: skip
+    elif r.status_code != 200:
+        say(f"demo hospital: could not define the demo label set ({r.status_code})")
+
+
 def ensure_demo(
     data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None],
     stop: threading.Event | None = None,
@@ -145,6 +173,7 @@ def ensure_demo(
     want = {"seed": seed, "patients": patients, "version": VERSION}
     wait_healthy(url, timeout=120)
     if _read_json(folder / "loaded.json") == want and _present(url, seed, patients):
+        _demo_label_set(url, say)
         say(f"demo hospital: {patients} patients (seed {seed}) already loaded; "
             "`medflow demo reset` starts over")  # fmt: skip
         return False
@@ -162,6 +191,7 @@ def ensure_demo(
     say("demo hospital: loading through FHIR and STOW-RS ...")
     done = send(folder, url=url)
     (folder / "loaded.json").write_text(json.dumps(want, sort_keys=True) + "\n")
+    _demo_label_set(url, say)
     say(f"demo hospital ready: {done.bundles} patients, {done.studies} studies, "
         f"{done.instances} instances ({time.monotonic() - started:.0f} s)")  # fmt: skip
     return True

@@ -30,6 +30,10 @@ class AlreadyExists(MedflowError):
     dicom_reason = 0x0111  # Duplicate SOP Instance
 
 
+class Conflict(MedflowError):
+    """The request conflicts with the state of what it addresses (HTTP 409)."""
+
+
 class InvalidInput(MedflowError):
     """The request or the object is malformed."""
 

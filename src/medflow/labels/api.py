@@ -10,7 +10,7 @@
 - ``DELETE /api/labels/documents/{uid}?set=NAME`` removes a label document of the set from the
   archive and the index (a reader taking a label back);
 - ``GET /api/labels/queue?set=NAME[&patient=ID...][&modality=CR...][&body_part=...]
-  [&date=YYYYMMDD-YYYYMMDD][&description=TEXT][&unlabeled=true][&offset=&limit=]`` the labeling
+  [&date=YYYYMMDD-YYYYMMDD][&description=TEXT][&unlabeled=true][&start=&limit=]`` the labeling
   queue (:mod:`medflow.labels.queue`; the web page also takes a cohort).
 
 Errors are RFC 9457 problem details (``application/problem+json``): 404 unknown set or target,
@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     NotFound,
     Unsupported,
@@ -38,6 +39,7 @@ from medflow.problems import StatusTable, Validation, problem_route
 STATUS: StatusTable = [
     (NotFound, 404, "Not found"),
     (AlreadyExists, 409, "Conflict"),
+    (Conflict, 409, "Conflict"),
     (InvalidInput, 400, "Bad request"),
     (Unsupported, 400, "Not supported"),
 ]
@@ -119,10 +121,10 @@ def build_labels_router() -> APIRouter:
         patient: Annotated[list[str] | None, Query()] = None,
         modality: Annotated[list[str] | None, Query()] = None,
         body_part: Annotated[list[str] | None, Query()] = None,
-        date: Annotated[str | None, Query(pattern=r"^\d{8}?-?\d{0,8}$")] = None,
+        date: Annotated[str | None, Query(max_length=17)] = None,
         description: Annotated[str | None, Query(max_length=64)] = None,
         unlabeled: bool = False,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        start: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> dict[str, Any]:
         """The labeling queue of a set over the studies the filters select."""
@@ -130,7 +132,7 @@ def build_labels_router() -> APIRouter:
         container = request.app.state.container
         result = await run_in_threadpool(
             lambda: build_queue(store=container.store, labels=container.labels,
-                                label_set=label_set, where=where, offset=offset, limit=limit)
+                                label_set=label_set, where=where, start=start, limit=limit)
         )  # fmt: skip
         return result.as_json()
 

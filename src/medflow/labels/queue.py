@@ -18,10 +18,13 @@ has left the archive are gone).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from medflow.core.errors import InvalidInput
 from medflow.dicom.matching import Match, MatchType, parse_attribute
 from medflow.labels.readers import KIND_OF
 from medflow.labels.results import LabelRow
@@ -33,6 +36,10 @@ from medflow.store.service import StoreService, StudyMatch
 MAX_ITEMS = 5000
 """At most this many items are assembled for one queue (the page shows them by pages)."""
 CHUNK = 500
+STUDY_CHUNK = 100
+"""Studies whose images and labels are read at a time."""
+DATE_RANGE = re.compile(r"^(?:\d{8}(?:-(?:\d{8})?)?|-\d{8})$")
+"""A DA or a DA range (``A-B``, ``A-``, ``-B``; PS3.18 §8.3.4.1 range matching)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class QueueItem:
     modalities: str
     description: str
     labels: list[dict[str, Any]] = field(default_factory=list)
+    position: int = 0
+    """Place in the unfiltered queue order (what ``start`` counts)."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +92,14 @@ class LabelQueue:
     classes: list[dict[str, Any]]
     region_types: list[str]
     total: int
+    """Items in the queue (after the unlabeled filter, at most :data:`MAX_ITEMS`)."""
     labeled: int
-    offset: int
+    """Items with a label among those looked at."""
+    start: int
+    rank: int
+    """How many queue items come before the page."""
+    next_start: int | None
+    previous_start: int | None
     items: list[QueueItem]
     truncated: bool
 
@@ -97,7 +112,10 @@ class LabelQueue:
             "region_types": self.region_types,
             "total": self.total,
             "labeled": self.labeled,
-            "offset": self.offset,
+            "start": self.start,
+            "rank": self.rank,
+            "next_start": self.next_start,
+            "previous_start": self.previous_start,
             "truncated": self.truncated,
             "items": [i.as_json() for i in self.items],
         }
@@ -203,10 +221,33 @@ def _attach(scope: str, items: Sequence[QueueItem], rows: Sequence[LabelRow]) ->
             "frame": r.frame,
             "sop_instance_uid": r.sop_instance_uid,
         }
-        by_key.setdefault(key, {}).setdefault(r.source_uid or f"negative:{r.label}", entry)
+        which = f"{r.source_uid or 'negative'}|{r.label}|{json.dumps(r.roi, sort_keys=True)}"
+        by_key.setdefault(key, {}).setdefault(which, entry)
     for item in items:
         key = _key(scope, item.study_uid, item.series_uid, item.sop_instance_uid)
         item.labels = list(by_key.get(key, {}).values())
+
+
+def _chunk_items(
+    store: StoreService,
+    labels: LabelService,
+    info_scope: tuple[str, str],
+    studies: Sequence[StudyMatch],
+    where: QueueFilter,
+) -> list[QueueItem]:
+    """The items of a chunk of studies, in queue order, with their labels."""
+    label_set, scope = info_scope
+    uids = [s.study_uid for s in studies]
+    series = (
+        _series_matching(store, uids, where) if (where.modalities or where.body_parts) else None
+    )
+    records: dict[str, list[InstanceRecord]] = {}
+    for r in store.select_instances(study_uids=uids):
+        if _is_image(r) and (series is None or r.series_uid in series):
+            records.setdefault(r.study_uid, []).append(r)
+    items = [i for s in studies for i in _items(scope, s, records.get(s.study_uid, []))]
+    _attach(scope, items, labels.labels(label_set=label_set, study_uids=uids))
+    return items
 
 
 def build_queue(
@@ -215,12 +256,14 @@ def build_queue(
     labels: LabelService,
     label_set: str,
     where: QueueFilter,
-    offset: int = 0,
+    start: int = 0,
     limit: int = 200,
 ) -> LabelQueue:
-    """The set's queue over the studies ``where`` selects; ``items`` the page
-    ``offset``..``offset + limit`` of it (``total`` counts them all, up to
-    :data:`MAX_ITEMS`)."""
+    """The set's queue over the studies ``where`` selects: at most :data:`MAX_ITEMS` items
+    (after the ``unlabeled_only`` filter), made study chunk by study chunk so a broad query
+    stops early. ``items`` is the page of ``limit`` items from queue position ``start``
+    (positions number every item of the unfiltered order, so a page of unlabeled items stays
+    put while earlier ones get labeled)."""
     info = labels.sets.get(name=label_set)
     scope = info.definition.scope
     studies = store.find_studies(
@@ -234,30 +277,24 @@ def build_queue(
     if where.study_uids is not None:
         keep = set(where.study_uids)
         studies = [s for s in studies if s.study_uid in keep]
-    uids = [s.study_uid for s in studies]
-    series = (
-        _series_matching(store, uids, where) if (where.modalities or where.body_parts) else None
-    )
-    records: dict[str, list[InstanceRecord]] = {}
-    for i in range(0, len(uids), CHUNK):
-        for r in store.select_instances(study_uids=uids[i : i + CHUNK]):
-            if _is_image(r) and (series is None or r.series_uid in series):
-                records.setdefault(r.study_uid, []).append(r)
     items: list[QueueItem] = []
+    labeled = position = 0
     truncated = False
-    for study in studies:
-        items.extend(_items(scope, study, records.get(study.study_uid, [])))
+    for i in range(0, len(studies), STUDY_CHUNK):
+        chunk = _chunk_items(store, labels, (info.name, scope), studies[i : i + STUDY_CHUNK], where)
+        for item in chunk:
+            item.position = position
+            position += 1
+            labeled += bool(item.labels)
+            if not (where.unlabeled_only and item.labels):
+                items.append(item)
         if len(items) >= MAX_ITEMS:
-            items, truncated = items[:MAX_ITEMS], True
+            truncated = len(items) > MAX_ITEMS or i + STUDY_CHUNK < len(studies)
+            items = items[:MAX_ITEMS]
             break
-    found: list[LabelRow] = []
-    wanted = sorted({i.study_uid for i in items})
-    for i in range(0, len(wanted), CHUNK):
-        found += labels.labels(label_set=label_set, study_uids=wanted[i : i + CHUNK])
-    _attach(scope, items, found)
-    labeled = sum(1 for i in items if i.labels)
-    if where.unlabeled_only:
-        items = [i for i in items if not i.labels]
+    rank = next((n for n, item in enumerate(items) if item.position >= start), len(items))
+    page = items[rank : rank + max(1, limit)]
+    after = rank + len(page)
     classes = [
         {"name": c.name, "code": c.concept().model_dump(mode="json")}
         for c in info.definition.classes
@@ -270,8 +307,11 @@ def build_queue(
         region_types=[t for t in info.definition.region_types if t != "none"],
         total=len(items),
         labeled=labeled,
-        offset=max(0, offset),
-        items=items[max(0, offset) : max(0, offset) + max(1, limit)],
+        start=start,
+        rank=rank,
+        next_start=items[after].position if after < len(items) else None,
+        previous_start=items[max(0, rank - max(1, limit))].position if rank > 0 else None,
+        items=page,
         truncated=truncated,
     )
 
@@ -287,6 +327,8 @@ def queue_filter(
     """A queue filter from query parameters; ``date`` a DA or a DA range (``A-B``, ``A-``,
     ``-B``, PS3.18 §8.3.4.1 range matching)."""
     low = high = None
+    if date and not DATE_RANGE.match(date):
+        raise InvalidInput("date: YYYYMMDD or a range YYYYMMDD-YYYYMMDD, A- or -B expected")
     if date:
         low, _, high = date.partition("-") if "-" in date else (date, "", date)
     return QueueFilter(
@@ -300,4 +342,12 @@ def queue_filter(
     )
 
 
-__all__ = ["MAX_ITEMS", "LabelQueue", "QueueFilter", "QueueItem", "build_queue", "queue_filter"]
+__all__ = [
+    "DATE_RANGE",
+    "MAX_ITEMS",
+    "LabelQueue",
+    "QueueFilter",
+    "QueueItem",
+    "build_queue",
+    "queue_filter",
+]

@@ -27,7 +27,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medflow.labels.builders import description_code
+from medflow.labels.builders import MANUFACTURER, description_code
 from medflow.labels.schemas import Mapping
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -256,8 +256,10 @@ def read_kos(ds: Dataset) -> Document:
         notes.append(f"not highdicom-valid ({type(exc).__name__})")
     concepts, texts = _content_codes(ds.get("ContentSequence"))
     # medflow's own KOS name their class in the Key Object Description: "<set>: <class>
-    # (<scheme> <value>)" (TID 2010 has no coded place for it)
-    concepts |= {code for t in texts if (code := description_code(t)) is not None}
+    # (<scheme> <value>)" (TID 2010 has no coded place for it); others' free text is not
+    # parsed ("Chest (PA view)" is no code)
+    if str(ds.get("Manufacturer", "")) == MANUFACTURER:
+        concepts |= {code for t in texts if (code := description_code(t)) is not None}
     items = [i for i in ds.get("ContentSequence", []) if i.get("ValueType") in IMAGE_TYPES]
     refs = [r for item in items for r in _refs(item, skipped)]
     known = evidence(ds, skipped)

@@ -37,6 +37,8 @@ class Written:
     label_set_version: int
     label: str
     instances: int
+    not_removed: list[dict[str, str]] = field(default_factory=list)
+    """Documents ``replaces`` named that stay (``{"sop_instance_uid", "reason"}``)."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from medflow.core.errors import InvalidInput, MedflowError, NotFound, StorageFailure
+from medflow.core.errors import Conflict, InvalidInput, MedflowError, NotFound, StorageFailure
 from medflow.db.engine import write_session
 from medflow.labels import builders, manifest
 from medflow.labels.models import Label
@@ -94,13 +94,18 @@ class LabelService:
             )
 
     def write(self, *, request: LabelRequest) -> Written:
-        """Build the label's document, store it into the study, index its labels; then remove
-        the documents it ``replaces`` (checked first: each must be a label document of the
-        set in the same study)."""
+        """Build the label's document, store it into the study, index its labels (a class
+        label also ends the study's mapping-implied negatives); then remove the KOS it
+        ``replaces``. Each must be a KOS indexed for the set in the same study (checked
+        first: 404/400). Removing happens after the new document is stored and never fails
+        the request: what could not be removed (another system's document, one another set
+        indexes, a storage error) is listed in ``Written.not_removed`` with the reason."""
         info = self.sets.get(name=request.label_set)
         self._check(info, request)
-        for uid in request.replaces:
-            self._document(info, uid, study_uid=request.study_uid)
+        replaces = list(dict.fromkeys(request.replaces))
+        for uid in replaces:
+            if self._kinds(info, uid, study_uid=request.study_uid) != {"KOS"}:
+                raise InvalidInput(f"{uid} is no Key Object Selection: only a KOS is replaced")
         targets = self._targets(request)
         kind = request.resolved_kind()
         cls = info.definition.label_class(request.label)
@@ -153,8 +158,15 @@ class LabelService:
             for f in _frames(r, frame)
         ]
         self._replace(info, str(ds.SOPInstanceUID), rows)
-        for uid in request.replaces:
-            self.remove(label_set=info.name, sop_instance_uid=uid)
+        if kind == "kos":
+            self._forget_negatives(info.id, {r.study_uid for r in targets})
+        not_removed: list[dict[str, str]] = []
+        for uid in replaces:
+            try:
+                self.remove(label_set=info.name, sop_instance_uid=uid)
+            except MedflowError as exc:
+                log.warning("label document %s not removed: %s", uid, exc.message)
+                not_removed.append({"sop_instance_uid": uid, "reason": exc.message})
         return Written(
             kind=kind.upper(),
             sop_instance_uid=str(ds.SOPInstanceUID),
@@ -165,6 +177,7 @@ class LabelService:
             label_set_version=info.version,
             label=cls.name,
             instances=len(targets),
+            not_removed=not_removed,
         )
 
     def _store_dataset(self, ds: Dataset) -> None:
@@ -232,36 +245,64 @@ class LabelService:
             session.add_all(rows)
             session.commit()
 
-    def _document(
+    def _kinds(
         self, info: LabelSetInfo, sop_instance_uid: str, *, study_uid: str | None = None
-    ) -> InstanceRecord | None:
-        """The archived label document ``sop_instance_uid`` of the set (None when the archive
-        no longer holds it); ``NotFound`` when the set's index has no label from it (or, with
-        ``study_uid``, none in that study)."""
-        q = select(Label.study_uid).where(
+    ) -> set[str]:
+        """The document kinds the set's index has for ``sop_instance_uid`` (in ``study_uid``
+        when given); ``NotFound`` when it has none."""
+        q = select(Label.source_kind, Label.study_uid).where(
             Label.set_id == info.id,
             Label.source_uid == sop_instance_uid,
             Label.source_kind.in_(("KOS", "SR", "SEG", "GSPS")),
         )
         with Session(self._engine) as session:
-            studies = set(session.scalars(q))
-        if not studies or (study_uid is not None and study_uid not in studies):
+            found = session.execute(q).all()
+        if study_uid is not None:
+            found = [f for f in found if f[1] == study_uid]
+        if not found:
             raise NotFound(f"label set {info.name!r} has no label document {sop_instance_uid}")
-        found = self._store.select_instances(sop_uids=[sop_instance_uid])
-        return found[0] if found else None
+        return {str(f[0]) for f in found}
 
     def remove(self, *, label_set: str, sop_instance_uid: str) -> int:
         """Delete a label document of the set from the archive (a "delete" change feed entry,
-        as a DICOMweb DELETE gives) and its rows from the index; the number of rows removed."""
+        as a DICOMweb DELETE gives) and its rows from the index; the number of rows removed.
+
+        Only medflow's own documents (Manufacturer "medflow") that no other label set indexes
+        are deleted: another system's KOS or SR, or one shared by several sets, is a
+        ``Conflict`` (delete it over DICOMweb if that is really meant)."""
         info = self.sets.get(name=label_set)
-        record = self._document(info, sop_instance_uid)
-        if record is not None:
+        self._kinds(info, sop_instance_uid)
+        with Session(self._engine) as session:
+            others = session.scalar(
+                select(func.count()).where(
+                    Label.source_uid == sop_instance_uid, Label.set_id != info.id
+                )
+            )
+        if others:
+            raise Conflict(f"{sop_instance_uid} is also a label document of another label set")
+        found = self._store.select_instances(sop_uids=[sop_instance_uid])
+        if found:
+            record = found[0]
+            if str(self._header(record).get("Manufacturer", "")) != builders.MANUFACTURER:
+                raise Conflict(f"{sop_instance_uid} was not written by medflow: not deleted")
             self._store.delete(
                 study_uid=record.study_uid,
                 series_uid=record.series_uid,
                 sop_uid=record.sop_instance_uid,
             )
         return self._forget(info.id, [sop_instance_uid])
+
+    def _forget_negatives(self, set_id: int, studies: set[str]) -> None:
+        """A class written for a study ends the negatives a mapping implied for it."""
+        with write_session(self._engine) as session:
+            session.execute(
+                delete(Label).where(
+                    Label.set_id == set_id,
+                    Label.source_kind == NEGATIVE,
+                    Label.study_uid.in_(sorted(studies)),
+                )
+            )
+            session.commit()
 
     def _forget(self, set_id: int, sources: Sequence[str]) -> int:
         with write_session(self._engine) as session:
@@ -281,8 +322,11 @@ class LabelService:
             kept |= {r.sop_instance_uid for r in self._store.select_instances(sop_uids=chunk)}
         gone = set(sources) - kept
         if gone:
-            self._forget(set_id, sorted(gone))
-            log.info("dropped the labels of %d deleted label documents", len(gone))
+            try:
+                self._forget(set_id, sorted(gone))
+                log.info("dropped the labels of %d deleted label documents", len(gone))
+            except MedflowError as exc:  # a read still answers; the next read prunes
+                log.warning("could not prune labels of deleted documents: %s", exc.message)
         return gone
 
     # -- querying ---------------------------------------------------------------------------
@@ -574,6 +618,7 @@ class LabelService:
             raise InvalidInput(str(exc)) from None
         info = self.sets.get(name=label_set, version=version)
         index = {c.name: i for i, c in enumerate(info.definition.classes)}
+        wanted = set(patients) if patients is not None else None
         rows, dropped = [], 0
         for r in self.labels(label_set=label_set):
             if version is not None and r.set_version > info.version:
@@ -582,7 +627,7 @@ class LabelService:
             if r.label not in index:
                 dropped += 1
                 continue
-            if patients is not None and r.patient_id not in patients:
+            if wanted is not None and r.patient_id not in wanted:
                 continue
             roi = json.dumps(r.roi, sort_keys=True, separators=(",", ":")) if r.roi else None
             rows.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from medflow.cohort.tracking import CohortTracker
 from medflow.core.errors import InvalidInput, MedflowError
@@ -33,8 +34,13 @@ class Workspace:
     queue: LabelQueue
     source: str
     """What the queue is made from, in words."""
-    query: dict[str, str]
-    """The page's filter parameters (for links to the next page)."""
+    query: list[tuple[str, str]]
+    """The page's filter parameters, repeated ones too (for links to other pages)."""
+
+    def link(self, start: int) -> str:
+        """The query string of this queue's page from position ``start``."""
+        return urlencode([*self.query, ("start", str(start))])
+
     cohort_patients: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -70,16 +76,14 @@ def workspace(
     params: Any,
 ) -> Workspace:
     """The workspace of ``label_set`` over the queue ``params`` describe (``cohort``,
-    ``modality``, ``body_part``, ``date``, ``description``, ``unlabeled``, ``offset``).
+    ``modality``, ``body_part``, ``date``, ``description``, ``unlabeled``, ``start``).
     ``NotFound`` for an unknown set or cohort, ``InvalidInput`` for a bad parameter."""
     info = labels.sets.get(name=label_set)
     date = _one(params, "date")
-    if date and not all(p.isdigit() and len(p) == 8 for p in date.split("-") if p):
-        raise InvalidInput("date: YYYYMMDD or a range YYYYMMDD-YYYYMMDD expected")
     try:
-        offset = max(0, int(_one(params, "offset") or 0))
+        start = max(0, int(_one(params, "start") or 0))
     except ValueError:
-        raise InvalidInput("offset: a number expected") from None
+        raise InvalidInput("start: a number expected") from None
     where = queue_filter(
         None,
         _list(params, "modality"),
@@ -109,9 +113,9 @@ def workspace(
     if where.unlabeled_only:
         parts.append("unlabeled only")
     queue = build_queue(store=store, labels=labels, label_set=info.name, where=where,
-                        offset=offset, limit=PAGE)  # fmt: skip
+                        start=start, limit=PAGE)  # fmt: skip
     keys = ("cohort", "modality", "body_part", "date", "description", "unlabeled")
-    query = {k: str(params.get(k)) for k in keys if params.get(k)}
+    query = [(k, str(v)) for k, v in params.multi_items() if k in keys and v]
     notes = []
     if queue.truncated:
         notes.append("The query selects more images than one queue holds: narrow it.")

@@ -290,7 +290,7 @@ function showItem() {
     li.textContent = "no label yet";
     el.list.append(li);
   }
-  el.position.textContent = `${data.offset + state.index + 1} / ${data.total}`;
+  el.position.textContent = `${data.rank + state.index + 1} / ${data.total}`;
   el.prev.disabled = state.index === 0;
   el.next.disabled = state.index === data.items.length - 1;
   el.stage.dataset.index = String(state.index);
@@ -370,6 +370,7 @@ async function problem(response) {
 
 async function label(name) {
   if (state.busy) return;
+  const at = state.index;
   const it = item();
   const roi = draftRoi();
   if (state.draft && !roi) {
@@ -409,7 +410,8 @@ async function label(name) {
     }
     const written = await response.json();
     const had = it.labels.length > 0;
-    it.labels = it.labels.filter((l) => !replaced.includes(l.source_uid));
+    const kept = new Set((written.not_removed || []).map((n) => n.sop_instance_uid));
+    it.labels = it.labels.filter((l) => !replaced.includes(l.source_uid) || kept.has(l.source_uid));
     it.labels.push({
       label: name,
       kind: written.kind,
@@ -422,10 +424,11 @@ async function label(name) {
     state.draft = null;
     el.stage.dataset.lastWritten = written.sop_instance_uid;
     el.stage.dataset.written = String(Number(el.stage.dataset.written || 0) + 1);
-    say(`saved: ${name} as ${written.kind} ${written.sop_instance_uid}`);
+    const stayed = (written.not_removed || []).map((n) => n.reason).join("; ");
+    say(`saved: ${name} as ${written.kind} ${written.sop_instance_uid}${stayed ? ` (kept: ${stayed})` : ""}`, Boolean(stayed));
     showItem();
     draw();
-    if (!roi && el.advance.checked && state.index < data.items.length - 1) go(state.index + 1);
+    if (!roi && el.advance.checked && state.index === at && at < data.items.length - 1) go(at + 1);
   } catch (error) {
     say(`not saved: ${error}`, true);
   } finally {
@@ -558,7 +561,8 @@ el.canvas.addEventListener("wheel", (event) => {
 }, { passive: false });
 
 document.addEventListener("keydown", (event) => {
-  if (event.target instanceof HTMLInputElement || event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = event.target instanceof HTMLInputElement && !["checkbox", "radio", "button"].includes(event.target.type);
+  if (typing || event.target instanceof HTMLSelectElement || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
   const digit = Number(key);
   if (Number.isInteger(digit) && digit >= 1 && digit <= data.classes.length) {

@@ -1,0 +1,1 @@
+"""Triage: models at work on new studies (issue 11)."""

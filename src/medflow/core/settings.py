@@ -73,6 +73,22 @@ class SyncSettings(BaseModel):
     """How often the worker looks at the change feed when no event wakes it."""
 
 
+class TriageSettings(BaseModel):
+    """Triage (``medflow.ml.triage``, issue 11): new studies scored by the production models."""
+
+    enabled: bool = True
+    """Run the triage worker inside ``medflow serve`` (it scores only when a model is in
+    production)."""
+    settle_seconds: float = Field(default=10.0, ge=0)
+    """A study is scored once no new instance has arrived for this long."""
+    urgent_probability: float = Field(default=0.8, ge=0, le=1)
+    """At or above: priority 1 (urgent); at or above the model's operating point: 2."""
+    poll_seconds: float = Field(default=1.0, gt=0)
+    batch: int = Field(default=500, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    """Failed scorings of a study tried at most this often (each recorded)."""
+
+
 class DeidSettings(BaseModel):
     """De-identification (``medflow.deid``, PS3.15 Annex E and FHIR): the secret key from
     which pseudonyms, UIDs and date shifts are derived (HMAC-SHA-256). Without a key nothing
@@ -100,6 +116,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -191,7 +191,9 @@ class LabelService:
             path.unlink(missing_ok=True)
             raise StorageFailure(f"cannot spool the label document: {exc}") from None
         size, sha256 = _sha256(path)
-        (outcome,) = self._store.store(objects=[SpooledObject(path, size, sha256)])
+        (outcome,) = self._store.store(
+            objects=[SpooledObject(path, size, sha256)], origin="medflow:labels"
+        )
         if not outcome.ok:
             raise StorageFailure(
                 f"the archive refused the label document "

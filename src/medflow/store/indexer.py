@@ -37,6 +37,7 @@ class Pending:
     parsed: ParsedInstance
     spooled: SpooledObject
     blob_key: str
+    origin: str | None = None
 
     def outcome(self, *, ok: bool, **kw: Any) -> StoreOutcome:
         p = self.parsed
@@ -139,6 +140,7 @@ def _instance_values(item: Pending) -> dict[str, Any]:
             "sha256": item.spooled.sha256,
             "blob_key": item.blob_key,
             "metadata_json": p.metadata_json,
+            "origin": item.origin,
         },
     )
 

@@ -117,6 +117,10 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str] = mapped_column(String(300))
     metadata_json: Mapped[str] = mapped_column(Text)
+    origin: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Who stored it when medflow wrote it itself ("medflow:labels", "medflow:triage"...);
+    null for objects received over DICOMweb, DIMSE or ingest. Workers on the change feed use
+    it never to act on their own output."""
     """DICOM JSON (PS3.18 F.2) of the data set, BulkDataURIs relative to the DICOMweb root."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

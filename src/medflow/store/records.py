@@ -26,6 +26,8 @@ class InstanceRecord:
     number_of_frames: int | None
     pixel_data_offset: int | None
     pixel_data_length: int | None
+    origin: str | None = None
+    """Who stored it when medflow wrote it itself (``Instance.origin``)."""
 
     @classmethod
     def index_columns(cls) -> list[Any]:

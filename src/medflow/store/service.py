@@ -115,15 +115,24 @@ class StoreService:
 
     # -- store ------------------------------------------------------------------------------
     def store(
-        self, *, objects: Sequence[SpooledObject], expected_study_uid: str | None = None
+        self,
+        *,
+        objects: Sequence[SpooledObject],
+        expected_study_uid: str | None = None,
+        origin: str | None = None,
     ) -> list[StoreOutcome]:
         """Store spooled Part 10 objects; one outcome per object, in order. Never raises for a
-        bad object: its outcome carries the FailureReason. Spool files are consumed."""
+        bad object: its outcome carries the FailureReason. Spool files are consumed.
+        ``origin``: recorded with each instance when medflow stores what it wrote itself
+        ("medflow:<writer>"), so change feed consumers can leave their own output alone."""
         with self._cpu:
-            return self._store(objects, expected_study_uid)
+            return self._store(objects, expected_study_uid, origin)
 
     def _store(
-        self, objects: Sequence[SpooledObject], expected_study_uid: str | None
+        self,
+        objects: Sequence[SpooledObject],
+        expected_study_uid: str | None,
+        origin: str | None = None,
     ) -> list[StoreOutcome]:
         outcomes: list[StoreOutcome | None] = [None] * len(objects)
         pending: list[Pending] = []
@@ -136,7 +145,7 @@ class StoreService:
                         ok=False, failure_reason=exc.dicom_reason, message=exc.message
                     )
                     continue
-                item = Pending(i, parsed, obj, blob_key_for(parsed, obj.sha256))
+                item = Pending(i, parsed, obj, blob_key_for(parsed, obj.sha256), origin)
                 if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
                     outcomes[i] = item.outcome(
                         ok=False,

@@ -75,15 +75,22 @@ def main() -> None:
         rows.append(("first start, total", f"{total:.1f} s",
                      f"target < 180 s: {'met' if total < 180 else 'MISSED'}"))  # fmt: skip
         t = time.perf_counter()
-        meta = generate(work / "meta", patients=args.metadata_patients, seed=0, metadata_only=True,
-                        workers=args.workers)
+        meta = generate(
+            work / "meta",
+            patients=args.metadata_patients,
+            seed=0,
+            metadata_only=True,
+            workers=args.workers,
+        )
         rate = args.metadata_patients / (time.perf_counter() - t)
         rows.append(("metadata-only generate", f"{rate:.0f} patients/s",
                      f"{meta.instances} instances; 100k patients ~ "
                      f"{100_000 / rate / 60:.0f} min"))  # fmt: skip
     width = max(len(r[0]) for r in rows)
-    print(f"\ndemo hospital: {args.patients} patients (seed 0), {args.workers} generator "
-          "processes, SQLite, sync on")
+    print(
+        f"\ndemo hospital: {args.patients} patients (seed 0), {args.workers} generator "
+        "processes, SQLite, sync on"
+    )
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>16}  {note}")
 

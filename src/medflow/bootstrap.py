@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -25,6 +26,18 @@ from medflow.fhir.export import ExportService
 from medflow.fhir.service import FhirService
 from medflow.labels.api import build_labels_router
 from medflow.labels.service import LabelService
+from medflow.ml.registry.service import ModelRegistry
+from medflow.ml.serving.api import build_models_router
+from medflow.ml.serving.service import Predictors
+from medflow.ml.similar.api import build_similar_router
+from medflow.ml.similar.service import SimilarService
+from medflow.ml.similar.store import EmbeddingStore
+from medflow.ml.similar.worker import EmbeddingWorker
+from medflow.ml.similar.worker import start_in_thread as start_embedding_thread
+from medflow.ml.triage.api import build_triage_router
+from medflow.ml.triage.reading import Reading
+from medflow.ml.triage.worker import TriageWorker
+from medflow.ml.triage.worker import start_in_thread as start_triage_thread
 from medflow.pathology.api import build_pathology_router
 from medflow.pathology.service import PathologyService
 from medflow.store.aes import AeDirectory
@@ -48,10 +61,31 @@ class Container:
     cohort_exports: CohortExports
     pathology: PathologyService
     labels: LabelService
+    registry: ModelRegistry
+    """Trained models (``models/`` blobs); torch is loaded only to read or write weights."""
+    models: Predictors
+    """Loaded models for ``/api/models`` (and the workers), by name and version."""
+    reading: Reading
+    """The reading worklist and what reading a study records (``/api/worklist``)."""
+    similar: SimilarService
+    """Similar images: the production models' embeddings in vector indexes (``/api/similar``)."""
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
+    triage: TriageWorker | None = None
+    _triage_stop: threading.Event | None = None
+    embedding: EmbeddingWorker | None = None
+    _embedding_stop: threading.Event | None = None
 
     def close(self) -> None:
+        if self._embedding_stop is not None:
+            self._embedding_stop.set()
+            if self.embedding is not None:
+                self.embedding.wake()
+        self.similar.close()
+        if self._triage_stop is not None:
+            self._triage_stop.set()
+            if self.triage is not None:
+                self.triage.wake()
         if self._sync_stop is not None:
             self._sync_stop.set()
             if self.sync is not None:
@@ -79,6 +113,8 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
     fhir.activate_search_parameters()  # custom SearchParameter resources stored earlier
     export = ExportService(engine, fhir, (settings.data_dir / "exports").resolve())
     tracker = CohortTracker(engine=engine, cohorts=CohortService(store=store, fhir=fhir), fhir=fhir)
+    registry = ModelRegistry(engine=engine, blobs=blobs, spool_dir=settings.spool_dir())
+    labels = LabelService(engine=engine, store=store)
     return Container(
         settings=settings,
         engine=engine,
@@ -97,14 +133,30 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
             root=(settings.data_dir / "exports" / "cohorts").resolve(),
         ),
         pathology=PathologyService(store=store),
-        labels=LabelService(engine=engine, store=store),
+        labels=labels,
+        registry=registry,
+        models=Predictors(registry=registry, fhir=fhir),
+        similar=SimilarService(
+            engine=engine,
+            data_dir=settings.data_dir,
+            cohorts=tracker,
+            default_model=lambda: _production_ref(registry),
+        ),
+        reading=Reading(
+            engine=engine,
+            fhir=fhir,
+            labels=labels,
+            registry=registry,
+            store=store,
+            sync=settings.sync,
+        ),
     )
 
 
 def create_app(container: Container) -> FastAPI:
     """The HTTP application: DICOMweb under ``/dicomweb``, FHIR R4 under ``/fhir``, tracked
     cohorts under ``/api/cohorts``, whole-slide import at ``/api/wsi``, labels at
-    ``/api/labels`` and ``GET /healthz``."""
+    ``/api/labels``, models and predictions at ``/api/models`` and ``GET /healthz``."""
     app = FastAPI(
         title="medflow",
         version=__version__,
@@ -130,6 +182,10 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_cohort_router())
     app.include_router(build_pathology_router())
     app.include_router(build_labels_router())
+    app.include_router(build_models_router())
+    app.include_router(build_triage_router())
+    app.state.similar = container.similar
+    app.include_router(build_similar_router())
     app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])
@@ -193,4 +249,60 @@ def start_sync(container: Container, *, dicomweb_url: str | None = None) -> Sync
     container.events.subscribe(FhirChanged, worker.wake)
     _, stop = start_in_thread(worker)
     container.sync, container._sync_stop = worker, stop
+    return worker
+
+
+def triage_worker(container: Container) -> TriageWorker:
+    """The triage worker over this container's archive, FHIR store and production models."""
+    settings = container.settings
+    return TriageWorker(
+        engine=container.engine,
+        store=container.store,
+        fhir=container.fhir,
+        registry=container.registry,
+        predictors=container.models,
+        labels=container.labels,
+        worklist=container.reading.worklist,
+        settings=settings.triage,
+        patient_id_system=settings.sync.patient_system,
+        use_issuer=settings.sync.use_issuer,
+    )
+
+
+def start_triage(container: Container) -> TriageWorker | None:
+    """Run the triage worker in a thread of this process (None when
+    ``MEDFLOW_TRIAGE__ENABLED=false``); archive writes wake it."""
+    if not container.settings.triage.enabled:
+        return None
+    worker = triage_worker(container)
+    container.events.subscribe(InstancesChanged, worker.wake)
+    _, stop = start_triage_thread(worker)
+    container.triage, container._triage_stop = worker, stop
+    return worker
+
+
+def _production_ref(registry: ModelRegistry) -> str | None:
+    """``name:version`` of the (first, by name) model in production, or None."""
+    found = sorted((m.name, m.version) for m in registry.list() if m.stage == "production")
+    return f"{found[0][0]}:{found[0][1]}" if found else None
+
+
+def start_embedding(container: Container) -> EmbeddingWorker | None:
+    """Run the similar-images embedding worker in a thread of this process (with triage:
+    ``MEDFLOW_TRIAGE__ENABLED=false`` stops both): every production model embeds the
+    archive's new images; the vector indexes are loaded (or rebuilt) in the background."""
+    if not container.settings.triage.enabled:
+        return None
+    registry, models = container.registry, container.models
+
+    def embedders() -> list[Any]:
+        return [models.get(m.name, m.version) for m in registry.list()
+                if m.stage == "production"]  # fmt: skip
+
+    worker = EmbeddingWorker(store=container.store, embeddings=EmbeddingStore(container.engine),
+                             embedders=embedders)  # fmt: skip
+    container.events.subscribe(InstancesChanged, worker.wake)
+    _, stop = start_embedding_thread(worker)
+    container.embedding, container._embedding_stop = worker, stop
+    container.similar.warm_in_thread()
     return worker

@@ -78,7 +78,14 @@ def serve(
     """Run medflow: the home page at /, DICOMweb at /dicomweb, FHIR R4 at /fhir, DIMSE."""
     import uvicorn
 
-    from medflow.bootstrap import build, create_app, start_dimse, start_sync
+    from medflow.bootstrap import (
+        build,
+        create_app,
+        start_dimse,
+        start_embedding,
+        start_sync,
+        start_triage,
+    )
     from medflow.pathology.convert import preload as preload_converter
 
     configure(log_level)
@@ -96,6 +103,8 @@ def serve(
     preload_converter()  # wsidicomizer's import touches pydicom's settings: before threads run
     dimse_server = start_dimse(container, host=http.host)
     start_sync(container)
+    start_triage(container)
+    start_embedding(container)
     base = _base_url(http.host, http.port)
     console.print(f"medflow {__version__}, data in {settings.data_dir}")
     for what, where in (("home", f"{base}/"), ("DICOMweb", f"{base}/dicomweb"),

@@ -32,10 +32,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 def registry_for(container: Container) -> ModelRegistry:
     """The registry over the container's index and blob store (models under ``models/``)."""
-    from medflow.ml.registry.service import ModelRegistry
-
-    return ModelRegistry(engine=container.engine, blobs=container.blobs,
-                         spool_dir=container.settings.spool_dir())  # fmt: skip
+    return container.registry
 
 
 def _call(data_dir: Path | None, action: Callable[[Container], T]) -> T:

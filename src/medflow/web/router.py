@@ -5,7 +5,7 @@ study with its series and an image viewer, ``/slides/{study}/{series}`` a whole 
 viewer (pan and zoom over the pyramid's tiles, WADO-RS frames), ``/cohorts``, ``/cohorts/new`` and
 ``/cohorts/{id}`` the cohort list, builder and a saved cohort (:mod:`medflow.web.cohorts`),
 ``/labeling`` and ``/labeling/{set}`` the labeling queue and workspace
-(:mod:`medflow.web.labeling`),
+(:mod:`medflow.web.labeling`), ``/worklist`` the reading worklist (:mod:`medflow.web.worklist`),
 ``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
 fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
@@ -36,6 +36,7 @@ from medflow.web.labeling import chooser, workspace
 from medflow.web.slides import slide_page
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
+from medflow.web.worklist import worklist_view
 
 STATIC_TYPES = {
     "medflow.css": "text/css; charset=utf-8",
@@ -44,6 +45,7 @@ STATIC_TYPES = {
     "cohorts.js": "text/javascript; charset=utf-8",
     "slides.js": "text/javascript; charset=utf-8",
     "labeling.js": "text/javascript; charset=utf-8",
+    "worklist.js": "text/javascript; charset=utf-8",
 }
 """The static files served (no other name is looked up)."""
 
@@ -146,6 +148,12 @@ def build_web_router() -> APIRouter:
 
     _cohort_pages(router)
     _labeling_pages(router)
+
+    @router.get("/worklist", response_class=HTMLResponse)
+    def worklist(request: Request) -> HTMLResponse:
+        """The reading worklist: scored studies by urgency (issue 11)."""
+        view = worklist_view(request.app.state.container.reading, request.query_params)
+        return _page(request, "worklist.html", {"active": "worklist", "view": view})
 
     @router.get("/static/{name}")
     def static(request: Request, name: str) -> Response:

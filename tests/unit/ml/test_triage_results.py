@@ -65,4 +65,17 @@ def test_risk_assessment_is_valid_fhir() -> None:
     assert resource["prediction"][0]["probabilityDecimal"] == 0.8734
     assert resource["basis"][0] == {"reference": "ImagingStudy/is1"}
     assert resource["method"]["coding"][0]["code"] == "cxr:3"
-    assert resource["identifier"][0]["value"] == "1.2.3|cxr:3"
+    assert resource["identifier"][0]["value"] == "1.2.3/cxr:3"
+
+
+def test_reader_observation_is_valid_fhir_with_or_without_a_code() -> None:
+    from medflow.ml.triage.worklist import reader_observation
+
+    code = {"system": "http://snomed.info/sct", "code": "404684003", "display": "Finding"}
+    for given in (code, None):
+        resource = reader_observation(study_uid="1.2.3", patient_id="p1", imaging_study_id=None,
+                                      reader="Reader^One", finding="finding", code=given,
+                                      positive=True)  # fmt: skip
+        assert validate(resource) == [], given
+        assert resource["identifier"][0]["value"] == "1.2.3/Reader^One"
+        assert ("coding" in resource["code"]) is (given is not None)

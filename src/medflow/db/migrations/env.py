@@ -9,6 +9,7 @@ import medflow.cohort.models
 import medflow.fhir.models
 import medflow.labels.models
 import medflow.ml.registry.models
+import medflow.ml.similar.models
 import medflow.ml.triage.models
 import medflow.store.models
 import medflow.sync.models  # noqa: F401  (registers every context's tables)

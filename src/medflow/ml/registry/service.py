@@ -4,7 +4,10 @@ spec, metrics, training data lineage, code version and stage in the index databa
 
 Write order follows the archive's (DESIGN.md, Storage): the blobs are made durable first,
 under content-derived keys (``models/<name>/<sha256[:16]>/<file>``), then the row is
-committed; a crash between leaves orphan blobs, never a row without its blobs."""
+committed; a crash between leaves orphan blobs, never a row without its blobs.
+
+torch is imported only where weights are written or read (``register``, ``load_state_dict``),
+so listing and resolving models (``medflow serve``'s ``GET /api/models``) never loads it."""
 
 from __future__ import annotations
 
@@ -19,9 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +33,9 @@ from medflow import __version__
 from medflow.core.errors import InvalidInput, NotFound, StorageFailure
 from medflow.db.engine import write_session
 from medflow.ml.registry.models import ModelVersion
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = ("none", "staging", "production")
 PREFIX = "models"
@@ -151,6 +156,8 @@ class ModelRegistry:
         """Store the weights and plots, then add version n + 1 of ``name``."""
         check_name(name)
         check_stage(stage)
+        import torch  # lazily: listing models never loads torch
+
         buf = io.BytesIO()
         torch.save(dict(state_dict), buf)
         weights = buf.getvalue()
@@ -255,6 +262,8 @@ class ModelRegistry:
         data = self.read_blob(info, "weights")
         if hashlib.sha256(data).hexdigest() != info.weights_sha256:
             raise StorageFailure(f"the weights of {info.ref} are corrupted", retryable=False)
+        import torch  # lazily: listing models never loads torch
+
         loaded: dict[str, torch.Tensor] = torch.load(io.BytesIO(data), weights_only=True)
         return loaded
 

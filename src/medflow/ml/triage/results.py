@@ -67,9 +67,29 @@ def _code(finding: Finding) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(finding.value, finding.scheme, finding.meaning or finding.value)
 
 
-def build_ai_sr(*, evidence: Sequence[Dataset], finding: Finding) -> Dataset:
+def result_key(study_uid: str, model_ref: str) -> str:
+    """The RiskAssessment identifier value of a study's result by a model version."""
+    return f"{study_uid}/{model_ref}"
+
+
+def token(system: str, value: str) -> str:
+    """A FHIR token search value ``system|value`` with the value's ``\\ | , $`` escaped
+    (R4 §3.1.1.4.5, §3.1.1.5)."""
+    for char in ("\\", "|", ",", "$"):
+        value = value.replace(char, "\\" + char)
+    return f"{system}|{value}"
+
+
+def build_ai_sr(
+    *,
+    evidence: Sequence[Dataset],
+    finding: Finding,
+    sop_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+) -> Dataset:
     """The AI result SR of ``finding`` over the scored images ``evidence`` (headers of
-    instances of one study), a new series of that study."""
+    instances of one study), a new series of that study (UIDs given, e.g. derived so a retry
+    writes the same object, or new)."""
     if not evidence:
         raise ValueError("an AI result needs the images it scored")
     algorithm = hd.sr.AlgorithmIdentification(
@@ -121,9 +141,9 @@ def build_ai_sr(*, evidence: Sequence[Dataset], finding: Finding) -> Dataset:
     return hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report[0],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_instance_uid or generate_uid(),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -139,7 +159,7 @@ def risk_assessment(
     """The FHIR R4 RiskAssessment of ``finding`` for the Patient ``patient_id`` (logical id),
     based on the ImagingStudy ``imaging_study_id`` (when the sync made one) and the AI
     result SR ``sr_uid``; identified by the study and model so a retry updates, never
-    duplicates (``identifier``: ``urn:medflow:ai-result`` | ``<study>|<model:version>``)."""
+    duplicates (``identifier``: ``urn:medflow:ai-result`` | ``<study>/<model:version>``)."""
     systems = {"DCM": "http://dicom.nema.org/resources/ontology/DCM",
                "SCT": "http://snomed.info/sct"}  # fmt: skip
     system = systems.get(finding.scheme.upper(), f"urn:medflow:codes:{finding.scheme}")
@@ -148,7 +168,7 @@ def risk_assessment(
     resource: dict[str, Any] = {
         "resourceType": "RiskAssessment",
         "identifier": [{"system": "urn:medflow:ai-result",
-                        "value": f"{study_uid}|{finding.model_ref}"}],
+                        "value": result_key(study_uid, finding.model_ref)}],
         "status": "final",
         "method": {
             "coding": [{"system": MODEL_SYSTEM, "code": finding.model_ref,
@@ -178,4 +198,4 @@ def risk_assessment(
     return resource
 
 
-__all__ = ["MODEL_SYSTEM", "Finding", "build_ai_sr", "risk_assessment"]
+__all__ = ["MODEL_SYSTEM", "Finding", "build_ai_sr", "result_key", "risk_assessment", "token"]

@@ -20,6 +20,13 @@ from fastapi.testclient import TestClient
 from medflow.bootstrap import Container, build, create_app
 from medflow.core.settings import BlobSettings, Settings
 
+# One compute thread per test process (and the servers it starts): `make test` runs two xdist
+# workers on two cores, and two torch/OpenMP pools of two busy-waiting threads each starve
+# each other and every other test. Set before torch is first imported
+# (medflow.bootstrap does not import it).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 PG_URL = os.environ.get("MEDFLOW_TEST_POSTGRES_URL")
 REQUIRE_PEERS = os.environ.get("MEDFLOW_REQUIRE_PEERS") == "1"
 

@@ -185,3 +185,14 @@ def test_reading_records_the_finding(world: World) -> None:
     assert world.client.post("/api/worklist/1.2.3/read", json={"reader": "R"}).status_code == 404
     page = world.client.get("/worklist", params={"status": "all"})
     assert page.status_code == 200 and f'data-study-uid="{study}"' in page.text
+
+
+def test_a_deleted_study_leaves_the_worklist(world: World) -> None:
+    worker = triage_worker(world.container)
+    worker.step()
+    study, _ = new_cr_study(world)
+    worker.step(now=datetime.now(UTC) + LATER)
+    assert world.client.get(f"/api/worklist/{study}").status_code == 200
+    assert world.client.delete(f"/dicomweb/studies/{study}").status_code in (200, 202, 204)
+    worker.step()
+    assert world.client.get(f"/api/worklist/{study}").status_code == 404

@@ -43,7 +43,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from medflow.core.errors import MedflowError, StorageFailure
+from medflow.core.errors import MedflowError, NotFound, StorageFailure
 from medflow.core.settings import TriageSettings
 from medflow.db.engine import write_session
 from medflow.fhir.identifiers import patient_system
@@ -52,7 +52,7 @@ from medflow.labels.readers import KIND_OF
 from medflow.labels.service import LabelService
 from medflow.ml.registry.service import ModelInfo, ModelRegistry
 from medflow.ml.serving.service import Predictors, dataset_mismatch
-from medflow.ml.triage.models import TriageCursor, TriageFailure, TriagePending
+from medflow.ml.triage.models import TriageCursor, TriageFailure, TriagePending, WorklistItem
 from medflow.ml.triage.results import Finding, build_ai_sr, result_key, risk_assessment, token
 from medflow.ml.triage.worklist import Worklist, priority_of
 from medflow.store.records import InstanceRecord
@@ -180,7 +180,12 @@ class TriageWorker:
             if record is None or is_own(record) or not record.rows:
                 continue
             touched[e.study_uid] = (e.sequence, e.timestamp)
+        deleted = {e.study_uid for e in events if e.action == "delete"} - set(touched)
+        gone = {uid for uid in deleted if not self._exists(uid)}
         with write_session(self.engine) as s:
+            if gone:  # a deleted study leaves the worklist and the pending list
+                s.execute(delete(WorklistItem).where(WorklistItem.study_uid.in_(sorted(gone))))
+                s.execute(delete(TriagePending).where(TriagePending.study_uid.in_(sorted(gone))))
             for study, (seq, at) in touched.items():
                 row = s.get(TriagePending, study)
                 if row is None:
@@ -195,6 +200,12 @@ class TriageWorker:
                 cursor.seq, cursor.updated_at = events[-1].sequence, stamp
             s.commit()
         return len(events)
+
+    def _exists(self, study_uid: str) -> bool:
+        try:
+            return bool(self.store.find_instances(study_uid=study_uid))
+        except NotFound:
+            return False
 
     def score_settled(self, now: datetime | None = None) -> int:
         moment = now or datetime.now(UTC)
@@ -236,7 +247,10 @@ class TriageWorker:
 
     # -- scoring ----------------------------------------------------------------------------
     def production_models(self) -> list[ModelInfo]:
-        return [m for m in self.registry.list() if m.stage == "production"]
+        """The binary classifiers in production: triage ranks by the probability of the
+        positive class (``classes[1]``); a model with more classes is not used for it."""
+        found = [m for m in self.registry.list() if m.stage == "production"]
+        return [m for m in found if len(m.input_spec.get("classes") or []) == 2]
 
     def score_study(self, study_uid: str) -> list[Scored]:
         """Score the study with every production model that fits some of its images; write

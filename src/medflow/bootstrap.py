@@ -26,6 +26,7 @@ from medflow.fhir.export import ExportService
 from medflow.fhir.service import FhirService
 from medflow.labels.api import build_labels_router
 from medflow.labels.service import LabelService
+from medflow.ml.feedback.api import build_feedback_router
 from medflow.ml.registry.service import ModelRegistry
 from medflow.ml.serving.api import build_models_router
 from medflow.ml.serving.service import Predictors
@@ -183,6 +184,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_pathology_router())
     app.include_router(build_labels_router())
     app.include_router(build_models_router())
+    app.include_router(build_feedback_router())
     app.include_router(build_triage_router())
     app.state.similar = container.similar
     app.include_router(build_similar_router())

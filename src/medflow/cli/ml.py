@@ -73,15 +73,40 @@ def train(
         str | None, typer.Option(help="Saved cohort (id or name): train on its patients only")
     ] = None,
     stage: Annotated[str, typer.Option(help="Stage of the new version")] = "none",
+    retrain: Annotated[
+        str | None,
+        typer.Option(
+            "--retrain",
+            help="NAME: train a challenger to its production version on "
+            "the grown label set; promoted only if better on the same test set",
+        ),
+    ] = None,
+    min_gain: Annotated[
+        float, typer.Option("--min-gain", help="--retrain: AUC gain needed to promote")
+    ] = 0.0,
+    outcome_labels: Annotated[
+        bool,
+        typer.Option(
+            "--outcome-labels/--no-outcome-labels", help="--retrain: write outcomes as labels first"
+        ),
+    ] = True,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Train a 2D classifier on a labels manifest (--manifest FILE, or --labels SET exported
     on the spot), optionally restricted to a cohort's patients, and register it as a new
-    model version."""
+    model version. --retrain NAME: champion/challenger on NAME's label set (docs/feedback.md)."""
     from medflow.ml.train.features import parse_features
     from medflow.ml.train.service import TrainConfig, train_model
 
+    if retrain is not None:
+        if manifest is not None or labels is not None or cohort is not None:
+            raise typer.BadParameter("--retrain takes the champion's label set and "
+                                     "configuration: no --manifest, --labels or --cohort",
+                                     param_hint="'--retrain'")  # fmt: skip
+        _retrain(retrain, min_gain=min_gain, outcome_labels=outcome_labels, device=device,
+                 data_dir=data_dir, as_json=as_json)  # fmt: skip
+        return
     _check_source(manifest, labels, labels_version, split)
     try:
         config = TrainConfig(
@@ -120,6 +145,45 @@ def train(
         console.print_json(json.dumps(info.to_dict()))
     else:
         _show(info)
+
+
+def _retrain(name: str, *, min_gain: float, outcome_labels: bool, device: str,
+             data_dir: Path | None, as_json: bool) -> None:  # fmt: skip
+    from medflow.ml.feedback.service import Feedback
+    from medflow.ml.train.retrain import retrain
+
+    def run(container: Container) -> dict[str, Any]:
+        registry = registry_for(container)
+        feedback = Feedback(fhir=container.fhir, store=container.store, registry=registry,
+                            labels=container.labels)  # fmt: skip
+        with _progress() as (progress, update):
+            result = retrain(store=container.store, labels=container.labels, registry=registry,
+                             data_dir=container.settings.data_dir, name=name,
+                             fhir=container.fhir, min_gain=min_gain, device=device,
+                             outcome_labels=(lambda: feedback.outcome_labels(name=name))
+                             if outcome_labels else None, progress=update)  # fmt: skip
+            progress.stop()
+        return result.as_json()
+
+    found = _call(data_dir, run)
+    if as_json:
+        console.print_json(json.dumps(found))
+        return
+    c = found["comparison"]
+    table = Table(show_header=False)
+    written = (found.get("outcome_labels") or {}).get("written")
+    for key, value in (
+        ("champion", f"{found['champion']} AUC {c['champion_auc']}"),
+        ("challenger", f"{found['challenger']} AUC {c['challenger_auc']}"),
+        ("difference", f"{c['delta']} (95% CI {c['delta_ci95'][0]} to {c['delta_ci95'][1]})"),
+        ("test set", f"{c['test']['images']} images, {c['test']['patients']} patients, "
+                     f"{c['test']['positives']} positive"),
+        ("outcome labels", "-" if written is None else
+         f"{written['positive']} positive, {written['negative']} negative"),
+        ("decision", ("promoted: " if found["promoted"] else "champion kept: ") + found["reason"]),
+    ):  # fmt: skip
+        table.add_row(key, str(value))
+    console.print(table)
 
 
 def _check_source(

@@ -41,6 +41,8 @@ from medflow.labels.schemas import Code, Roi
 
 MANUFACTURER = "medflow"
 MODEL = "medflow labels"
+OUTCOME_DEVICE = "medflow outcome"
+"""The device observer of a label written from an outcome (provenance "outcome")."""
 SERIES_NUMBER = {"kos": 9901, "sr": 9902, "seg": 9903}
 DESCRIPTION_CODE = re.compile(r"\((?P<scheme>[A-Za-z0-9_.-]{1,16}) (?P<value>[^\s()]{1,64})\)\s*$")
 """The class code at the end of a medflow KOS's Key Object Description."""
@@ -54,16 +56,18 @@ def coded(code: Code) -> hd.sr.CodedConcept:
 
 
 def _observer(
-    observer: str | None,
+    observer: str | None, device_name: str = MODEL
 ) -> tuple[hd.sr.ObserverContext | None, hd.sr.ObserverContext | None]:
-    """(person context, device context): the named person, else medflow as the device."""
+    """(person context, device context): the named person, else medflow as the device
+    (named ``device_name``: "medflow labels", or "medflow outcome" for a label the
+    feedback loop wrote from an outcome)."""
     if observer:
         attributes = hd.sr.PersonObserverIdentifyingAttributes(name=observer)
         person = hd.sr.ObserverContext(
             observer_type=codes.DCM.Person, observer_identifying_attributes=attributes
         )
         return person, None
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name=MODEL)
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name=device_name)
     return None, hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device
     )
@@ -87,10 +91,12 @@ def build_kos(
     concept: Code,
     description: str,
     observer: str | None = None,
+    device_name: str = MODEL,
 ) -> Dataset:
     """A KOS selecting ``evidence`` (headers of instances of one study); the class
-    ``concept`` is named in the Key Object Description (TID 2010 row 6)."""
-    person, device = _observer(observer)
+    ``concept`` is named in the Key Object Description (TID 2010 row 6); no ``observer``:
+    the device ``device_name`` is."""
+    person, device = _observer(observer, device_name)
     content = hd.ko.KeyObjectSelection(
         document_title=coded(title),
         referenced_objects=list(evidence),

@@ -117,6 +117,10 @@ class LabelRequest(BaseModel):
     mask: list[list[int]] | None = None
     """A binary mask (rows x columns of the instance's frame) for a SEG."""
     observer: str | None = Field(default=None, max_length=64)
+    provenance: Literal["outcome"] | None = None
+    """Where the label comes from when no reader gave it: ``outcome`` (the feedback loop:
+    a pathology report or a Condition that came later). Recorded in the document: its
+    observer is the device "medflow outcome" (TID 1004), not a person."""
     replaces: list[str] = Field(default_factory=list, max_length=100)
     """SOP Instance UIDs of earlier label documents of the same set and study that this one
     supersedes: removed from the archive and the index once the new one is stored (a reader

@@ -108,6 +108,8 @@ class LabelService:
                 raise InvalidInput(f"{uid} is no Key Object Selection: only a KOS is replaced")
         targets = self._targets(request)
         kind = request.resolved_kind()
+        if request.provenance is not None and (kind != "kos" or request.observer):
+            raise InvalidInput("a label of provenance 'outcome' is a KOS without a reader")
         cls = info.definition.label_class(request.label)
         concept = cls.concept()
         headers = [self._header(r, pixels=kind == "seg") for r in targets]
@@ -121,6 +123,9 @@ class LabelService:
                     concept=concept,
                     description=f"{info.name}: {cls.name}",
                     observer=request.observer,
+                    device_name=builders.OUTCOME_DEVICE
+                    if request.provenance == "outcome"
+                    else builders.MODEL,
                 )
             elif kind == "sr":
                 ds = builders.build_sr(

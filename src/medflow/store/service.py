@@ -248,25 +248,34 @@ class StoreService:
         date_to: str | None = None,
         description_contains: str | None = None,
         sop_classes: Sequence[str] = (),
+        study_uids: Collection[str] | None = None,
     ) -> list[StudyMatch]:
         """Every study with a series matching all the given keys (QIDO-RS matching, PS3.4
-        C.2.2.2): Patient ID in ``patient_ids`` (None: any), Modality and Body Part Examined in
-        their lists, Study Date in ``date_from``..``date_to`` (DA, inclusive), Study
-        Description containing the text (case-insensitive), SOP Class UID in ``sop_classes``
-        (then instances are matched). ``instances``: the matching series' (or instances')
-        count. Several queries of at most :data:`FIND_CHUNK` patients, all pages read."""
-        if patient_ids is not None and not patient_ids:
+        C.2.2.2): Patient ID in ``patient_ids`` (None: any), Study Instance UID in
+        ``study_uids`` (None: any; not together with ``patient_ids``), Modality and Body
+        Part Examined in their lists, Study Date in ``date_from``..``date_to`` (DA,
+        inclusive), Study Description containing the text (case-insensitive), SOP Class
+        UID in ``sop_classes`` (then instances are matched). ``instances``: the matching
+        series' (or instances') count. Several queries of at most :data:`FIND_CHUNK`
+        patients (or studies), all pages read."""
+        if patient_ids is not None and study_uids is not None:
+            raise InvalidInput("find_studies: patient_ids or study_uids, not both")
+        if (patient_ids is not None and not patient_ids) or (
+            study_uids is not None and not study_uids
+        ):
             return []
+        key, listed = ("PatientID", patient_ids) if study_uids is None else (
+            "StudyInstanceUID", study_uids)  # fmt: skip
         level: Level = "instance" if sop_classes else "series"
         common = _study_keys(modalities, body_parts, date_from, date_to, description_contains,
                              sop_classes)  # fmt: skip
-        ids = sorted(set(patient_ids)) if patient_ids is not None else None
+        ids = sorted(set(listed)) if listed is not None else None
         chunks = [None] if ids is None else [ids[i : i + FIND_CHUNK]
                                               for i in range(0, len(ids), FIND_CHUNK)]  # fmt: skip
         studies: dict[str, StudyMatch] = {}
         with self.read_session() as session:
             for chunk in chunks:
-                matches = common if chunk is None else (_list_key("PatientID", chunk), *common)
+                matches = common if chunk is None else (_list_key(key, chunk), *common)
                 offset = 0
                 while True:
                     page = execute_query(session, Query(level, matches, limit=FIND_PAGE,

@@ -6,6 +6,8 @@ viewer (pan and zoom over the pyramid's tiles, WADO-RS frames), ``/cohorts``, ``
 ``/cohorts/{id}`` the cohort list, builder and a saved cohort (:mod:`medflow.web.cohorts`),
 ``/labeling`` and ``/labeling/{set}`` the labeling queue and workspace
 (:mod:`medflow.web.labeling`), ``/worklist`` the reading worklist (:mod:`medflow.web.worklist`),
+``/models`` and ``/models/{name}/performance`` the models and how they did against outcomes
+(:mod:`medflow.web.models`),
 ``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
 fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
@@ -33,6 +35,7 @@ from medflow.store.service import StoreService
 from medflow.web.cohorts import builder_context, cohort_page, edit_context
 from medflow.web.home import FHIR_TYPES, home
 from medflow.web.labeling import chooser, workspace
+from medflow.web.models import models_view, performance_view
 from medflow.web.slides import slide_page
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
@@ -154,6 +157,27 @@ def build_web_router() -> APIRouter:
         """The reading worklist: scored studies by urgency (issue 11)."""
         view = worklist_view(request.app.state.container.reading, request.query_params)
         return _page(request, "worklist.html", {"active": "worklist", "view": view})
+
+    @router.get("/models", response_class=HTMLResponse)
+    def models_page(request: Request) -> HTMLResponse:
+        """The registered models, their versions and test metrics (issues 10, 11)."""
+        rows = models_view(request.app.state.container.registry)
+        return _page(request, "models.html", {"active": "models", "rows": rows})
+
+    @router.get("/models/{name}/performance", response_class=HTMLResponse)
+    def performance_page(request: Request, name: str) -> HTMLResponse:
+        """The model and its readers against later outcomes (issue 11, feedback loop)."""
+        from medflow.ml.feedback.api import feedback_of
+
+        try:
+            view = performance_view(feedback_of(request), name, request.query_params)
+        except NotFound:
+            return _page(request, "not_found.html", {"what": "model"}, status_code=404)
+        except InvalidInput as exc:
+            rows = models_view(request.app.state.container.registry)
+            context = {"active": "models", "rows": rows, "error": exc.message}
+            return _page(request, "models.html", context, status_code=400)
+        return _page(request, "model_performance.html", {"active": "models", "view": view})
 
     @router.get("/static/{name}")
     def static(request: Request, name: str) -> Response:

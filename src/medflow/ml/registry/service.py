@@ -221,6 +221,20 @@ class ModelRegistry:
             s.commit()
             return ModelInfo.from_row(row)
 
+    def annotate(self, *, name: str, version: int, key: str, value: Any) -> ModelInfo:
+        """Record ``value`` under ``key`` in a version's lineage (e.g. ``retrain``: how it
+        compared with the champion); the other keys are kept."""
+        with write_session(self.engine) as s:
+            row = s.scalar(select(ModelVersion).where(ModelVersion.name == name,
+                                                      ModelVersion.version == version))  # fmt: skip
+            if row is None:
+                raise NotFound(f"no model {name}:{version}")
+            lineage = json.loads(row.lineage)
+            lineage[key] = value
+            row.lineage = _json(lineage)
+            s.commit()
+            return ModelInfo.from_row(row)
+
     # -- read ---------------------------------------------------------------------------
     def list(self, *, name: str | None = None) -> list[ModelInfo]:
         q = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)

@@ -1,0 +1,1 @@
+"""The feedback loop: models and readers against later outcomes (issue 11)."""

@@ -1,5 +1,7 @@
 """The study page's content: the patient and study header, the series (with what the viewer
 needs: the ordered instances and frame counts, window presets) and the linked FHIR resources.
+The similar images panel beside the viewer is filled in the browser (``viewer.js`` asks
+``/api/similar`` for the image shown, after the viewer's first image).
 
 Three archive queries whatever the study's size: the study and its series (QIDO), the instance
 index rows (``find_instances``, in series and InstanceNumber order) and the windowing
@@ -103,11 +105,16 @@ class StudyPage:
     reports: list[ReportView] = field(default_factory=list)
 
     def viewer(self, root: str) -> dict[str, Any]:
-        """The viewer's data, embedded in the page as JSON."""
+        """The viewer's data, embedded in the page as JSON: with the image series, where the
+        similar images panel asks (``/api/similar``, the cohorts to restrict it to) and where
+        a study's page is (its links)."""
         return {
             "dicomweb": f"{root}/dicomweb",
             "study": self.study.study_uid,
             "series": [s.viewer() for s in self.series if s.images and not s.slide],
+            "similar": f"{root}/api/similar",
+            "cohorts": f"{root}/api/cohorts",
+            "studies": f"{root}/studies",
         }
 
     @property

@@ -8,7 +8,11 @@
   ``thumbnail`` URL. By default the query's own study and patient are left out (other
   patients' cases); ``same_study``/``same_patient`` let them in. ``cohort`` restricts the
   answers to a saved cohort's patients.
-- ``GET /api/similar/status``: per model, the embeddings, failures and the index's state.
+- ``GET /api/similar/status``: per model, the embeddings, failures and the index's state; the
+  default (production) model; whether this server computes embeddings and, per model, how many
+  change feed entries its embedding worker has still to read (``backlog``: from the saved
+  cursors, so right whichever process runs the worker). The UI's panel tells from it why an
+  image has no embedding: no model in production, not computed yet, or not read by the model.
 
 Errors are RFC 9457 problem details: 404 unknown model or cohort, or no embedding of the
 instance yet (the detail says which); 400 invalid parameters; 503 with Retry-After while a
@@ -24,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from medflow.core.errors import InvalidInput, NotFound, Unsupported
 from medflow.ml.similar.service import MAX_K, Neighbour, SimilarResult, SimilarService
+from medflow.ml.similar.store import cursor_name
 from medflow.problems import StatusTable, Validation, problem_route
 
 
@@ -84,6 +89,26 @@ def as_json(result: SimilarResult) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _progress(request: Request, service: SimilarService, refs: list[str]) -> dict[str, Any]:
+    """The default model, whether this server computes embeddings (the worker runs with
+    triage) and each model's backlog: change feed entries after its worker's saved cursor."""
+    default = service.default_model() if service.default_model is not None else None
+    store = getattr(request.app.state, "store", None)
+    latest_event = store.latest_change() if store is not None else None
+    latest = int(latest_event.sequence) if latest_event is not None else 0
+    settings = getattr(request.app.state, "settings", None)
+    backlog = {ref: max(0, latest - service.embeddings.cursor(cursor_name(ref)))
+               for ref in sorted({*refs, *([default] if default else [])})}  # fmt: skip
+    return {
+        "default_model": default,
+        "embedding": {
+            "enabled": bool(settings.triage.enabled) if settings is not None else None,
+            "latest": latest,
+            "backlog": backlog,
+        },
+    }
+
+
 def build_similar_router() -> APIRouter:
     router = APIRouter(prefix="/api/similar", tags=["Similar images"], route_class=SimilarRoute)
 
@@ -111,9 +136,16 @@ def build_similar_router() -> APIRouter:
 
     @router.get("/status")
     async def status(request: Request) -> dict[str, Any]:
-        """Per model: embeddings, failures, and whether its index is loaded."""
+        """Per model: embeddings, failures, whether its index is loaded, and the backlog of
+        its embedding worker; the default model and whether embeddings are computed here."""
         service = _service(request)
-        return await run_in_threadpool(service.status)
+
+        def answer() -> dict[str, Any]:
+            found = service.status()
+            refs = [str(m["model"]) for m in found["models"]]
+            return {**found, **_progress(request, service, refs)}
+
+        return await run_in_threadpool(answer)
 
     return router
 

@@ -3,6 +3,8 @@
 // The page embeds the series, their image instances in InstanceNumber order with frame counts,
 // and the header's window presets (#viewer-data): no QIDO or metadata request is made here.
 // Windowing and scaling happen on the server; zoom is a CSS transform of the rendered image.
+// A link may open the page at an image: ?series=UID&instance=UID[&frame=n].
+// Beside the viewer, the similar images panel (at the end of this file).
 
 const source = document.getElementById("viewer-data"); // absent when no series has images
 const data = source ? JSON.parse(source.textContent) : null;
@@ -114,6 +116,7 @@ function render() {
   el.prev.disabled = state.index === 0;
   el.next.disabled = state.index === state.positions.length - 1;
   prefetch();
+  similarShown(state.series, pos.instance);
 }
 
 function go(index) {
@@ -190,14 +193,19 @@ function setZoom(zoom) {
 }
 
 // -- series -----------------------------------------------------------------------------------
-function selectSeries(uid) {
+function selectSeries(uid, at = null) {
   const series = data.series.find((s) => s.uid === uid);
   if (!series) return;
   state.series = series;
   state.positions = series.instances.flatMap((instance, i) =>
     Array.from({ length: instance.frames }, (_, f) => ({ instance: i, frame: f + 1 })),
   );
-  state.index = 0;
+  const wanted = at
+    ? state.positions.findIndex(
+        (p) => series.instances[p.instance].uid === at.instance && p.frame === at.frame,
+      )
+    : -1;
+  state.index = Math.max(0, wanted);
   state.window = null;
   prefetched.clear();
   for (const card of document.querySelectorAll(".series-card[data-series-uid]")) {
@@ -317,9 +325,11 @@ function start() {
   el.zoomReset.addEventListener("click", () => setZoom(1));
   el.image.addEventListener("load", () => {
     el.status.textContent = "";
+    similarStart(); // lazily: once the viewer's first image is there
   });
   el.image.addEventListener("error", () => {
     el.status.textContent = "this image could not be rendered";
+    similarStart();
   });
   let resizing = null;
   new ResizeObserver(() => {
@@ -332,7 +342,326 @@ function start() {
       }
     }, 200);
   }).observe(el.stage);
-  selectSeries(data.series[0].uid);
+  const link = new URLSearchParams(window.location.search);
+  const at = { instance: link.get("instance"), frame: Number(link.get("frame")) || 1 };
+  const linked =
+    data.series.find((s) => s.uid === link.get("series")) ||
+    data.series.find((s) => s.instances.some((i) => i.uid === at.instance));
+  selectSeries((linked || data.series[0]).uid, at.instance ? at : null);
+}
+
+// -- similar images panel ---------------------------------------------------------------------
+// Other patients' images most like the one shown (GET /api/similar: cosine similarity of a
+// production model's embeddings), as thumbnails linking to their study page at that image.
+// Asked once the viewer's first image has loaded, then when another instance is shown (after
+// a pause in scrolling). /api/similar/status first says whether any model has embeddings (no
+// request that can only fail) and, when an image has none, why. Patient, study date and
+// modalities of the answers: one QIDO-RS study query. Nothing is written to the console.
+const SIMILAR_K = 10;
+const SIMILAR_PAUSE_MS = 400;
+const SIMILAR_RETRY_MS = 5000;
+const SIMILAR_RETRIES = 24;
+const sim = {
+  panel: $("similar-panel"),
+  query: $("similar-query"),
+  status: $("similar-status"),
+  results: $("similar-results"),
+  meta: $("similar-meta"),
+  options: $("similar-options"),
+  model: $("similar-model"),
+  modelLabel: $("similar-model-label"),
+  cohort: $("similar-cohort"),
+  cohortLabel: $("similar-cohort-label"),
+  started: false,
+  chosen: false, // the model and cohort choices are filled
+  info: null, // the answer of /api/similar/status
+  problem: "", // why the status could not be read
+  image: null, // {uid, number, series} of the instance shown
+  timer: null,
+  controller: null,
+  retries: 0,
+  studies: new Map(), // Study Instance UID -> what QIDO-RS said of it
+};
+
+function similarSay(text, state) {
+  sim.status.textContent = text;
+  sim.status.hidden = !text;
+  sim.panel.dataset.state = state;
+  sim.panel.setAttribute("aria-busy", String(state === "loading"));
+}
+
+async function getJSON(url, signal) {
+  const response = await fetch(url, { headers: { Accept: "application/json" }, signal });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null; // not JSON: the status alone tells
+  }
+  return { ok: response.ok, status: response.status, body };
+}
+
+async function similarStatus() {
+  try {
+    const answer = await getJSON(`${data.similar}/status`);
+    sim.info = answer.ok && answer.body ? answer.body : null;
+    sim.problem = answer.ok ? "" : (answer.body && answer.body.detail) || `HTTP ${answer.status}`;
+  } catch (error) {
+    sim.info = null;
+    sim.problem = "the server did not answer";
+  }
+}
+
+async function similarStart() {
+  if (sim.started || !sim.panel) return;
+  sim.started = true;
+  sim.model.addEventListener("change", () => similarAsk(true));
+  sim.cohort.addEventListener("change", () => similarAsk(true));
+  await similarStatus();
+  similarOptions();
+  similarAsk(true);
+}
+
+function similarShown(series, index) {
+  if (!sim.panel) return;
+  const instance = series.instances[index];
+  if (sim.image && sim.image.uid === instance.uid) return;
+  sim.image = { uid: instance.uid, number: index + 1, series };
+  if (!sim.started) return;
+  clearTimeout(sim.timer);
+  sim.timer = setTimeout(() => similarAsk(true), SIMILAR_PAUSE_MS);
+}
+
+function similarRetry() {
+  if (sim.retries >= SIMILAR_RETRIES) return false;
+  sim.retries += 1;
+  sim.timer = setTimeout(async () => {
+    await similarStatus();
+    similarOptions();
+    similarAsk(false);
+  }, SIMILAR_RETRY_MS);
+  return true;
+}
+
+async function similarOptions() {
+  // Once some model has embeddings: a model to choose when there are several, and a cohort.
+  if (sim.chosen || !sim.info || !sim.info.models.length) return;
+  sim.chosen = true;
+  const models = sim.info.models.map((m) => m.model);
+  if (models.length > 1) {
+    sim.model.options[0].textContent = sim.info.default_model
+      ? `In production (${sim.info.default_model})`
+      : "The newest";
+    for (const ref of models) sim.model.append(new Option(ref, ref));
+    sim.modelLabel.hidden = false;
+    sim.options.hidden = false;
+  }
+  try {
+    const answer = await getJSON(data.cohorts);
+    if (!answer.ok || !Array.isArray(answer.body) || !answer.body.length) return;
+    for (const cohort of answer.body) sim.cohort.append(new Option(cohort.name, String(cohort.id)));
+    sim.cohortLabel.hidden = false;
+    sim.options.hidden = false;
+  } catch (error) {
+    // no cohort to choose: the panel searches every patient
+  }
+}
+
+async function similarAsk(fresh) {
+  clearTimeout(sim.timer);
+  if (fresh) sim.retries = 0;
+  if (sim.controller) sim.controller.abort();
+  const image = sim.image;
+  if (!image) return;
+  const series = image.series;
+  sim.query.textContent =
+    `Other patients' images most like image ${image.number} of series ` +
+    `${series.number || "?"}${series.modality ? ` (${series.modality})` : ""}, most similar first.`;
+  if (!sim.info) {
+    similarClear();
+    similarSay(`Similar images are not available: ${sim.problem}.`, "unavailable");
+    return;
+  }
+  if (!sim.info.models.length) {
+    similarExplain("");
+    return;
+  }
+  const controller = new AbortController();
+  sim.controller = controller;
+  const params = new URLSearchParams({ instance: image.uid, k: String(SIMILAR_K) });
+  if (sim.model.value) params.set("model", sim.model.value);
+  if (sim.cohort.value) params.set("cohort", sim.cohort.value);
+  similarSay("Looking for similar images…", "loading");
+  try {
+    const answer = await getJSON(`${data.similar}?${params}`, controller.signal);
+    if (controller !== sim.controller) return;
+    if (answer.ok) await similarShow(answer.body, controller.signal);
+    else await similarProblem(answer, controller);
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    similarClear();
+    similarSay("Similar images could not be loaded: the server did not answer.", "error");
+  }
+}
+
+async function similarProblem(answer, controller) {
+  const detail = (answer.body && answer.body.detail) || `HTTP ${answer.status}`;
+  similarClear();
+  if (answer.status === 503 && answer.body && answer.body.title === "Storage failure") {
+    const again = similarRetry();
+    similarSay(`The similarity index is being built${again ? "; trying again shortly" : ""}.`,
+      again ? "pending" : "unavailable");
+  } else if (answer.status === 503) {
+    similarSay(`Similar images are not available: ${detail}.`, "unavailable");
+  } else if (answer.status === 404 && detail.startsWith("instance ")) {
+    await similarStatus();
+    if (controller === sim.controller) similarExplain(detail);
+  } else {
+    similarSay(`No similar images: ${detail}.`, "error");
+  }
+}
+
+function similarExplain(detail) {
+  // Why the image shown has no embedding: the answer's detail and the embedding's progress.
+  similarClear();
+  const info = sim.info || { models: [], default_model: null, embedding: {} };
+  const progress = info.embedding || {};
+  const model = sim.model.value || info.default_model;
+  const modality = sim.image.series.modality;
+  if (detail.includes("could not be embedded")) {
+    similarSay(`${detail.replace(/^instance \S+/, "This image")}.`, "failed");
+  } else if (!model) {
+    similarSay("No model is in production. Similar images compare what a production model " +
+      "sees in each image: once one is promoted (medflow models promote NAME:VERSION), every " +
+      "image it reads is embedded.", "no-model");
+  } else if (progress.enabled === false) {
+    similarSay("This server does not compute image embeddings (the embedding worker runs " +
+      "with triage: MEDFLOW_TRIAGE__ENABLED is false).", "unavailable");
+  } else if ((progress.backlog || {})[model] > 0) {
+    const again = similarRetry();
+    similarSay(`Not computed yet: ${model} is still reading the archive ` +
+      `(${progress.backlog[model]} changes to go)${again ? "; trying again shortly" : ""}.`,
+      "pending");
+  } else {
+    similarSay(`${sim.model.value ? "Model" : "The model in production,"} ${model}` +
+      `${sim.model.value ? "" : ","} does not read this image` +
+      `${modality ? ` (${modality})` : ""}: there are no similar images for it.`, "not-read");
+  }
+}
+
+function similarClear() {
+  sim.results.replaceChildren();
+  sim.meta.textContent = "";
+}
+
+function dicomValue(obj, tag) {
+  const element = obj && obj[tag];
+  return element && Array.isArray(element.Value) ? element.Value : [];
+}
+
+function dicomText(obj, tag) {
+  const value = dicomValue(obj, tag)[0];
+  if (value === undefined || value === null) return "";
+  if (typeof value !== "object") return String(value);
+  const parts = String(value.Alphabetic || value.Ideographic || value.Phonetic || "")
+    .split("^")
+    .map((p) => p.trim());
+  const given = parts.slice(1, 3).filter(Boolean).join(" ");
+  return parts[0] && given ? `${parts[0]}, ${given}` : parts[0] || given;
+}
+
+function dicomDate(value) {
+  return /^\d{8}$/.test(value) ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6)}` : value;
+}
+
+async function similarStudies(uids, signal) {
+  // One QIDO-RS study query for the answers' studies not seen yet (a UID list key).
+  const missing = [...new Set(uids)].filter((uid) => !sim.studies.has(uid));
+  for (let start = 0; start < missing.length; start += 15) {
+    const chunk = missing.slice(start, start + 15);
+    const params = new URLSearchParams({
+      StudyInstanceUID: chunk.join("\\"),
+      includefield: "StudyDescription",
+      limit: String(chunk.length),
+    });
+    const response = await fetch(`${data.dicomweb}/studies?${params}`, {
+      headers: { Accept: "application/dicom+json" },
+      signal,
+    });
+    if (response.status !== 200) continue; // the cards keep what /api/similar said
+    for (const obj of await response.json()) {
+      sim.studies.set(dicomText(obj, "0020000D"), {
+        name: dicomText(obj, "00100010"),
+        date: dicomDate(dicomText(obj, "00080020")),
+        modalities: dicomValue(obj, "00080061").join(", "),
+        description: dicomText(obj, "00081030"),
+      });
+    }
+  }
+}
+
+function span(className, text) {
+  const node = document.createElement("span");
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
+function similarCard(result, rank) {
+  const item = document.createElement("li");
+  item.className = "similar-card";
+  item.dataset.studyUid = result.study_uid;
+  item.dataset.instanceUid = result.sop_instance_uid;
+  const at = { series: result.series_uid, instance: result.sop_instance_uid };
+  if (result.frame > 1) at.frame = String(result.frame);
+  const link = document.createElement("a");
+  link.className = "similar-link";
+  link.href = `${data.studies}/${encodeURIComponent(result.study_uid)}?${new URLSearchParams(at)}#viewer`;
+  const image = document.createElement("img");
+  image.className = "thumbnail";
+  image.width = 128;
+  image.height = 128;
+  image.loading = "lazy";
+  image.setAttribute("data-hide-on-error", "");
+  const path = [data.dicomweb, "studies", result.study_uid, "series", result.series_uid,
+    "instances", result.sop_instance_uid].map((p, i) => (i ? encodeURIComponent(p) : p));
+  if (result.frame > 1) path.push("frames", String(result.frame));
+  image.src = `${path.join("/")}/thumbnail?viewport=128,128`;
+  const study = sim.studies.get(result.study_uid) || {};
+  const score = Number(result.score);
+  const shown = Number.isFinite(score) ? score.toFixed(3) : "?";
+  image.alt = `Similar image ${rank}${study.modalities ? `, ${study.modalities}` : ""}` +
+    `${study.date ? ` of ${study.date}` : ""}, similarity ${shown}`;
+  const similarity = span("similar-score", `similarity ${shown}`);
+  if (Number.isFinite(score)) {
+    similarity.title = `cosine similarity ${score.toFixed(4)}, distance ${(1 - score).toFixed(4)}`;
+  }
+  const patient = [study.name, result.patient_id].filter(Boolean).join(" · ");
+  const facts = [study.date, study.modalities].filter(Boolean).join(" · ");
+  link.append(image, similarity, span("similar-patient", patient || "(no patient ID)"),
+    span("similar-study", facts || study.description || ""));
+  item.append(link);
+  return item;
+}
+
+async function similarShow(answer, signal) {
+  const results = answer.results || [];
+  try {
+    await similarStudies(results.map((r) => r.study_uid), signal);
+  } catch (error) {
+    if (error.name === "AbortError") throw error; // the details are optional
+  }
+  sim.results.replaceChildren(...results.map((r, i) => similarCard(r, i + 1)));
+  const cohort = answer.cohort;
+  sim.meta.textContent =
+    `${answer.model} · ${answer.searched} image${answer.searched === 1 ? "" : "s"} searched` +
+    (cohort ? ` · within ${cohort.name} (${cohort.patients} patients)` : "");
+  if (results.length) {
+    similarSay("", "results");
+  } else {
+    similarSay(`No image of another patient${cohort ? ` in ${cohort.name}` : ""} is ` +
+      `embedded by ${answer.model} yet.`, "empty");
+  }
 }
 
 start();

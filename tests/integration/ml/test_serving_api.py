@@ -144,7 +144,9 @@ def test_references_batch_and_versions(client: TestClient, world: tuple[World, C
     ]).json()  # fmt: skip
     assert [p["sop_instance_uid"] for p in batch["predictions"]] == [a.SOPInstanceUID,
                                                                      b.SOPInstanceUID]  # fmt: skip
-    assert batch["predictions"][0]["probability"] == series["predictions"][0]["probability"]
+    # the same image in a batch of two: equal up to float rounding (batched kernels)
+    assert batch["predictions"][0]["probability"] == pytest.approx(
+        series["predictions"][0]["probability"], abs=1e-6)  # fmt: skip
     v1 = client.post("/api/models/cxr/versions/1/predict", content=w.cr[0].read_bytes(),
                      headers=DICOM).json()  # fmt: skip
     assert (v1["model"], v1["version"]) == ("cxr", 1)

@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 ## Everything CI runs: static checks, then the whole test suite (2 workers).
 test: system-deps-test $(STAMP) lint
-	$(BIN)/pytest -n 2 --dist loadfile -q
+	$(BIN)/pytest -n 2 --dist loadfile -q --durations=25
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

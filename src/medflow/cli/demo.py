@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -23,7 +23,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from medflow.core.errors import InvalidInput
+from medflow.core.errors import InvalidInput, MedflowError
+
+if TYPE_CHECKING:
+    from medflow.bootstrap import Container
+    from medflow.ml.demo import DemoModelOptions, DemoModelResult
 
 console = Console()
 demo_app = typer.Typer(help="The synthetic demo hospital.")
@@ -201,12 +205,51 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
+def demo_model_step(
+    container: Container, *, folder: Path, url: str, say: Callable[[str], None],
+    stop: threading.Event, options: DemoModelOptions | None = None,
+) -> DemoModelResult:  # fmt: skip
+    """After the demo hospital is in the archive (``folder``: the generated hospital, with
+    its ``truth.json``): the demo model trained and promoted unless one is registered
+    (:func:`medflow.ml.demo.ensure_demo_model`, in this process: see there why), then the
+    archive's studies it reads and has not scored put on triage's pending list
+    (``TriageWorker.backfill``, nothing when they are scored already), and the embedding
+    worker woken (a newly promoted model embeds the whole archive from its own cursor)."""
+    from medflow.ml.demo import ensure_demo_model
+
+    truth = json.loads((folder / "truth.json").read_text())
+    result = ensure_demo_model(
+        store=container.store, labels=container.labels, registry=container.registry,
+        data_dir=container.settings.data_dir, truth=truth, say=say, options=options,
+        cancelled=stop.is_set,
+    )  # fmt: skip
+    info = result.model
+    if info.stage != "production":
+        say(f"demo model: {info.ref} is registered but not in production; left as it is "
+            f"(`medflow models promote {info.ref} --stage production`)")  # fmt: skip
+        return result
+    if not result.created:
+        say(f"demo model: {info.ref} already registered")
+    if container.embedding is not None:
+        container.embedding.wake()
+    if container.triage is None:
+        say("demo model: triage is off (MEDFLOW_TRIAGE__ENABLED=false): no worklist")
+        return result
+    modality = str(info.input_spec.get("modality") or "CR")
+    queued = container.triage.backfill(modalities=[modality])
+    if queued:
+        say(f"demo model: {queued} {modality} studies of the archive queued for triage; "
+            f"the worklist fills in: {url}/worklist")  # fmt: skip
+    return result
+
+
 def start_demo_loader(
     data_dir: Path, *, url: str, patients: int, seed: int, say: Callable[[str], None],
-    stop: threading.Event,
+    stop: threading.Event, container: Container | None = None,
 ) -> threading.Thread:  # fmt: skip
-    """``ensure_demo`` in a daemon thread beside the server; a failure is reported, never
-    raised (the archive keeps serving). Set ``stop`` when the server stops."""
+    """``ensure_demo`` in a daemon thread beside the server, then (given the server's
+    ``container``) :func:`demo_model_step`; a failure is reported, never raised (the
+    archive keeps serving). Set ``stop`` when the server stops (training stops too)."""
 
     def run() -> None:
         try:
@@ -214,6 +257,18 @@ def start_demo_loader(
         except Exception as exc:  # noqa: BLE001  (report it; the archive keeps serving)
             if not stop.is_set():
                 say(f"demo hospital: loading failed: {type(exc).__name__}: {exc}")
+            return
+        if container is None or stop.is_set():
+            return
+        try:
+            demo_model_step(container, folder=data_dir / DEMO_FOLDER, url=url, say=say,
+                            stop=stop)  # fmt: skip
+        except MedflowError as exc:  # e.g. too few patients for both classes in every split
+            if not stop.is_set():
+                say(f"demo model: not trained: {exc.message}")
+        except Exception as exc:  # noqa: BLE001  (report it; the archive keeps serving)
+            if not stop.is_set():
+                say(f"demo model: failed: {type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=run, name="medflow-demo", daemon=True)
     thread.start()

@@ -24,6 +24,7 @@ from medflow.cli.ingest import discover, ingest_local, ingest_remote
 from medflow.cli.labels import labels_app
 from medflow.cli.ml import models_app, train
 from medflow.cli.sync import sync_app
+from medflow.cli.triage import triage_app
 from medflow.cli.views import views_app
 from medflow.cli.wsi import wsi_app
 from medflow.core.logging import configure
@@ -42,6 +43,7 @@ app.add_typer(deid_app, name="deid")
 app.add_typer(wsi_app, name="wsi")
 app.add_typer(labels_app, name="labels")
 app.add_typer(models_app, name="models")
+app.add_typer(triage_app, name="triage")
 cohort_app.command("export")(cohort_export)
 app.command()(send)
 app.command()(train)
@@ -115,7 +117,7 @@ def serve(
     demo_stop = threading.Event()
     if demo_patients > 0:
         start_demo_loader(settings.data_dir, url=base, patients=demo_patients, seed=demo_seed,
-                          say=console.print, stop=demo_stop)  # fmt: skip
+                          say=console.print, stop=demo_stop, container=container)  # fmt: skip
     options: dict[str, Any] = {
         "host": http.host,
         "port": http.port,

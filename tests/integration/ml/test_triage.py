@@ -129,6 +129,18 @@ def test_a_new_study_is_scored_once_it_settles(world: World) -> None:
     assert entry["sr_uid"] == sr.sop_instance_uid and entry["risk_assessment_id"] == risk["id"]
     assert entry["priority"] in (1, 2, 3) and entry["status"] == "unread"
 
+    # the worklist row as a FHIR Task (the reading work, for any FHIR client)
+    (task,) = world.container.fhir.search_resources(
+        resource_type="Task", params=[("identifier", f"urn:medflow:worklist|{study}")], limit=2
+    )
+    assert (task["status"], task["intent"]) == ("requested", "order")
+    assert task["priority"] == {1: "asap", 2: "urgent", 3: "routine"}[entry["priority"]]
+    assert task["for"] == risk["subject"]
+    imaging = [b for b in risk["basis"] if b.get("reference", "").startswith("ImagingStudy/")]
+    assert task["focus"] == (imaging[0] if imaging else {  # no sync here: the study's UID
+        "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"}})  # fmt: skip
+    assert task["reasonReference"]["reference"] == f"RiskAssessment/{risk['id']}"
+
     # its own SR (origin medflow:triage) puts nothing on the pending list
     worker.consume()
     assert worker.status().pending == 0
@@ -177,6 +189,11 @@ def test_reading_records_the_finding(world: World) -> None:
                                             res_id=read["reader_observation_id"])  # fmt: skip
     assert observation["valueBoolean"] is True
     assert observation["code"]["coding"][0]["code"] == "404684003"
+    (task,) = world.container.fhir.search_resources(
+        resource_type="Task", params=[("identifier", f"urn:medflow:worklist|{study}")], limit=2
+    )
+    assert task["status"] == "completed" and task["owner"] == {"display": "Reader^One"}
+    assert task["output"][0]["valueReference"]["reference"] == f"Observation/{observation['id']}"
     labels = world.client.get("/api/labels", params={"set": "cxr-finding", "study": study}).json()
     assert {(lb["label"], lb["source_kind"]) for lb in labels} == {("finding", "KOS")}
     assert world.client.get("/api/worklist", params={"status": "read"}).json()["total"] >= 1
@@ -196,3 +213,7 @@ def test_a_deleted_study_leaves_the_worklist(world: World) -> None:
     assert world.client.delete(f"/dicomweb/studies/{study}").status_code in (200, 202, 204)
     worker.step()
     assert world.client.get(f"/api/worklist/{study}").status_code == 404
+    (task,) = world.container.fhir.search_resources(
+        resource_type="Task", params=[("identifier", f"urn:medflow:worklist|{study}")], limit=2
+    )
+    assert task["status"] == "cancelled"

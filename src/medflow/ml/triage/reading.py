@@ -25,6 +25,7 @@ from medflow.labels.schemas import LabelRequest
 from medflow.labels.service import LabelService
 from medflow.ml.registry.service import ModelRegistry
 from medflow.ml.triage.results import token
+from medflow.ml.triage.tasks import write_task
 from medflow.ml.triage.worklist import NORMAL, Worklist, WorklistEntry, reader_observation
 from medflow.store.service import StoreService
 
@@ -69,8 +70,10 @@ class Reading:
         """Mark read; with a ``finding`` (a class of the model, or "normal"), record it."""
         entry = self.worklist.get(study_uid=study_uid)
         if finding is None:
-            return self.worklist.mark_read(study_uid=study_uid, reader=reader, finding="",
+            done = self.worklist.mark_read(study_uid=study_uid, reader=reader, finding="",
                                            observation_id="")  # fmt: skip
+            write_task(self.fhir, done)
+            return done
         classes, label_set, set_version = self._classes(entry.model)
         allowed = {*classes, NORMAL}
         if finding not in allowed:
@@ -97,8 +100,10 @@ class Reading:
                     self.labels.write(request=request)
             except MedflowError as exc:  # the FHIR record stands; the label is best effort
                 log.warning("reader label not written: %s", exc.message)
-        return self.worklist.mark_read(study_uid=study_uid, reader=reader, finding=finding,
+        done = self.worklist.mark_read(study_uid=study_uid, reader=reader, finding=finding,
                                        observation_id=observation_id)  # fmt: skip
+        write_task(self.fhir, done)
+        return done
 
     def _label_requests(
         self, entry: WorklistEntry, label_set: str, label: str, reader: str

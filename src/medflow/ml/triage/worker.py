@@ -20,6 +20,10 @@ model the result is written
 
 A model that throws, or a study that cannot be read, is recorded in ``triage_failure`` and
 tried again up to ``max_attempts`` times; the worker goes on with the other studies.
+
+The feed is followed from its end on the first run, so what was stored before is scored only
+on request: :meth:`TriageWorker.backfill` puts such studies on the pending list, settled
+(``medflow triage backfill``; the demo of ``make run`` after it promotes its model).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,6 +58,7 @@ from medflow.ml.registry.service import ModelInfo, ModelRegistry
 from medflow.ml.serving.service import Predictors, dataset_mismatch
 from medflow.ml.triage.models import TriageCursor, TriageFailure, TriagePending, WorklistItem
 from medflow.ml.triage.results import Finding, build_ai_sr, result_key, risk_assessment, token
+from medflow.ml.triage.tasks import cancel_task, write_task
 from medflow.ml.triage.worklist import Worklist, priority_of
 from medflow.store.records import InstanceRecord
 from medflow.store.service import StoreService
@@ -183,7 +188,10 @@ class TriageWorker:
         deleted = {e.study_uid for e in events if e.action == "delete"} - set(touched)
         gone = {uid for uid in deleted if not self._exists(uid)}
         with write_session(self.engine) as s:
+            listed: list[str] = []
             if gone:  # a deleted study leaves the worklist and the pending list
+                on_list = WorklistItem.study_uid.in_(sorted(gone))
+                listed = list(s.scalars(select(WorklistItem.study_uid).where(on_list)))
                 s.execute(delete(WorklistItem).where(WorklistItem.study_uid.in_(sorted(gone))))
                 s.execute(delete(TriagePending).where(TriagePending.study_uid.in_(sorted(gone))))
             for study, (seq, at) in touched.items():
@@ -199,6 +207,8 @@ class TriageWorker:
             else:
                 cursor.seq, cursor.updated_at = events[-1].sequence, stamp
             s.commit()
+        for study in listed:  # its Task says the reading will not happen
+            cancel_task(self.fhir, study)
         return len(events)
 
     def _exists(self, study_uid: str) -> bool:
@@ -245,6 +255,50 @@ class TriageWorker:
             s.commit()
         return True
 
+    # -- the archive from before -------------------------------------------------------------
+    def backfill(
+        self,
+        *,
+        modalities: Sequence[str] | None = None,
+        since: date | None = None,
+        rescore: bool = False,
+        now: datetime | None = None,
+    ) -> int:
+        """Put studies already in the archive on the pending list, settled, so the worker
+        scores them like new ones (same retries, failures recorded, results written once):
+        the archive triage was switched on over, or what arrived before a model was promoted.
+        Studies with a series of ``modalities`` (default: those the binary production models
+        read), of ``since`` or later (Study Date), not pending already and not on the
+        worklist with a result of a production model (unless ``rescore``). Nothing when no
+        binary model is in production. The number of studies queued."""
+        models = self.production_models()
+        if not models:
+            return 0
+        if modalities is None:
+            read = {str(m.input_spec.get("modality") or "").upper() for m in models}
+            modalities = () if "" in read else sorted(read)  # a model of any modality
+        found = self.store.find_studies(
+            modalities=[m.upper() for m in modalities],
+            date_from=since.strftime("%Y%m%d") if since is not None else None,
+        )
+        latest = self.store.latest_change()
+        stamp = (now or datetime.now(UTC)) - timedelta(seconds=self.settings.settle_seconds)
+        with write_session(self.engine) as s:
+            skip = set(s.scalars(select(TriagePending.study_uid)))
+            if not rescore:
+                refs = sorted(m.ref for m in models)
+                skip |= set(s.scalars(select(WorklistItem.study_uid)
+                                      .where(WorklistItem.model_ref.in_(refs))))  # fmt: skip
+            queued = sorted({f.study_uid for f in found} - skip)
+            s.add_all(TriagePending(study_uid=uid, last_change_at=stamp, attempts=0,
+                                    seq=latest.sequence if latest else 0)
+                      for uid in queued)  # fmt: skip
+            s.commit()
+        if queued:
+            log.info("triage backfill: %d studies queued", len(queued))
+            self.wake()
+        return len(queued)
+
     # -- scoring ----------------------------------------------------------------------------
     def production_models(self) -> list[ModelInfo]:
         """The binary classifiers in production: triage ranks by the probability of the
@@ -255,13 +309,16 @@ class TriageWorker:
     def score_study(self, study_uid: str) -> list[Scored]:
         """Score the study with every production model that fits some of its images; write
         each result (SR, RiskAssessment, worklist). ``NotFound`` when the study is gone."""
+        models = self.production_models()
+        if not models:  # nothing reads it: its images are not read either
+            return []
         records = [r for r in self.store.find_instances(study_uid=study_uid)
                    if r.rows and not is_own(r)]  # fmt: skip
         if not records:
             return []
         datasets = [_read(self.store, r) for r in records]
         out: list[Scored] = []
-        for info in self.production_models():
+        for info in models:
             fitting = [(r, ds) for r, ds in zip(records, datasets, strict=True)
                        if dataset_mismatch(info.input_spec, ds) is None]  # fmt: skip
             if not fitting:
@@ -309,6 +366,7 @@ class TriageWorker:
             "sr_uid": sr_uid, "risk_assessment_id": risk_id,
             "scored_at": datetime.now(UTC),
         })  # fmt: skip
+        write_task(self.fhir, self.worklist.get(study_uid=study_uid))
         return Scored(info.name, info.version, finding.probability, sr_uid, risk_id)
 
     def _finding(self, info: ModelInfo, probability: float, threshold: float | None) -> Finding:

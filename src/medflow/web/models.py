@@ -42,6 +42,7 @@ class PerformanceView:
     followup_days: int
     after_days: int
     versions: list[int]
+    include_training: bool = False
 
 
 def _int(params: Any, key: str, default: int, low: int = 0, high: int = 3650) -> int:
@@ -68,10 +69,12 @@ def performance_view(feedback: Feedback, name: str, params: Any) -> PerformanceV
     except ValueError:
         raise InvalidInput("as_of: a date (YYYY-MM-DD)") from None
     rules = Rules(after_days=after, followup_days=followup or None, as_of=as_of)
-    report = feedback.performance(name=name, version=version, rules=rules, window=window)
+    include = str(params.get("include_training") or "") in ("1", "true", "on")
+    report = feedback.performance(name=name, version=version, rules=rules, window=window,
+                                  exclude_training=not include)  # fmt: skip
     versions = [m.version for m in feedback.registry.list(name=name)]
     return PerformanceView(name, report, window, version_text if version else "", followup,
-                           after, versions)  # fmt: skip
+                           after, versions, include)  # fmt: skip
 
 
 __all__ = ["ModelRow", "PerformanceView", "models_view", "performance_view"]

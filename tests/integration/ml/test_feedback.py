@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -45,7 +46,7 @@ SPLIT = "0.5,0.25,0.25"
 FRACTIONS = (0.5, 0.25, 0.25)
 LATER = date(2030, 1, 1)
 """Evaluated as of this day: every follow-up interval has passed."""
-QUERY = {"as_of": LATER.isoformat()}
+QUERY = {"as_of": LATER.isoformat(), "exclude_training": "false"}
 
 
 @dataclass
@@ -155,6 +156,21 @@ def test_performance_matches_the_truth(world: World) -> None:
     assert all("-Q" in w["period"] for w in quarterly["windows"])
 
 
+def test_the_studies_a_version_learned_from_are_left_out(world: World) -> None:
+    report = world.client.get("/api/models/ptx/performance",
+                              params={"as_of": LATER.isoformat()}).json()  # fmt: skip
+    c = world.container
+    manifest = manifests_dir(world.data_dir) / c.registry.get(name="ptx", version=1).lineage[
+        "manifest"]  # fmt: skip
+    rows = pq.read_table(manifest).to_pylist()
+    learned = {r["study_uid"] for r in rows if r["split"] in ("train", "val")}
+    assert report["exclude_training"] and report["training_unknown_for_versions"] == []
+    assert report["counts"]["excluded_training"] == len(learned) > 0
+    assert report["counts"]["predictions"] == len(world.truth) - len(learned)
+    cases = report["false_positives"] + report["false_negatives"]
+    assert not {case["study_uid"] for case in cases} & learned
+
+
 def test_bad_requests_are_problems(world: World) -> None:
     assert world.client.get("/api/models/nope/performance").status_code == 404
     assert world.client.get("/api/models/ptx/performance", params={"version": 9}).status_code == 404
@@ -239,7 +255,8 @@ def test_the_pages(world: World) -> None:
     listing = world.client.get("/models")
     assert listing.status_code == 200 and 'data-model="ptx:1"' in listing.text
     assert "/models/ptx/performance" in listing.text
-    page = world.client.get("/models/ptx/performance", params=QUERY)
+    page = world.client.get("/models/ptx/performance",
+                            params={**QUERY, "include_training": "1"})  # fmt: skip
     assert page.status_code == 200
     report = world.client.get("/api/models/ptx/performance", params=QUERY).json()
     overall = report["overall"]

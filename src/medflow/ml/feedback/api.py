@@ -7,7 +7,8 @@
   findings, follow-up): confusion matrix, sensitivity/specificity/PPV/NPV, AUC with a
   patient-bootstrap 95% CI, per version and per period of the study date, the false
   positives and false negatives with links to the images, and each reader against the
-  outcomes; ``followup_days=0``: no negative by follow-up;
+  outcomes; ``followup_days=0``: no negative by follow-up; a version's predictions on the
+  studies it was trained or validated on are left out (``exclude_training=false`` keeps them);
 - ``POST /api/models/{name}/outcome-labels`` ``{"sources": ["pathology", "condition"]}``
   (and the same rules as above): outcomes written as labels of the model's label set
   (provenance "outcome"), for ``medflow train --retrain``.
@@ -27,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from medflow.core.errors import InvalidInput, NotFound, StorageFailure
 from medflow.ml.feedback.outcomes import Rules
 from medflow.ml.feedback.service import Feedback
+from medflow.ml.train.source import manifests_dir
 from medflow.problems import StatusTable, Validation, problem_route
 
 STATUS: StatusTable = [
@@ -51,7 +53,8 @@ class OutcomeLabelsRequest(BaseModel):
 def feedback_of(request: Request) -> Feedback:
     """The feedback service over the app's container (public services only)."""
     c = request.app.state.container
-    return Feedback(fhir=c.fhir, store=c.store, registry=c.registry, labels=c.labels)
+    return Feedback(fhir=c.fhir, store=c.store, registry=c.registry, labels=c.labels,
+                    manifests=manifests_dir(c.settings.data_dir))  # fmt: skip
 
 
 def rules(before: int, after: int, followup: int, as_of: date | None) -> Rules:
@@ -72,13 +75,17 @@ def build_feedback_router() -> APIRouter:
         after_days: Days = 90,
         followup_days: Days = 90,
         as_of: date | None = None,
+        exclude_training: bool = True,
     ) -> dict[str, Any]:
-        """Predictions joined to outcomes; see the module for the rules."""
+        """Predictions joined to outcomes; see the module for the rules. A version's
+        predictions on the studies it was trained or validated on are left out unless
+        ``exclude_training=false``."""
         chosen = rules(before_days, after_days, followup_days, as_of)
         service = feedback_of(request)
         return await run_in_threadpool(
-            lambda: service.performance(name=name, version=version, rules=chosen, window=window)
-        )
+            lambda: service.performance(name=name, version=version, rules=chosen, window=window,
+                                        exclude_training=exclude_training)
+        )  # fmt: skip
 
     @router.post("/{name}/outcome-labels", summary="Write outcomes as training labels")
     async def outcome_labels(

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,12 +132,30 @@ class Feedback:
 
     def __init__(
         self, *, fhir: FhirService, store: StoreService, registry: ModelRegistry,
-        labels: LabelService,
+        labels: LabelService, manifests: Path | None = None,
     ) -> None:  # fmt: skip
         self.fhir = fhir
         self.store = store
         self.registry = registry
         self.labels = labels
+        self.manifests = manifests
+        """Where training keeps its manifests (``<data_dir>/ml/manifests``): a version's
+        training and validation studies are found there and left out of its performance."""
+
+    def trained_on(self, *, name: str, version: int) -> set[str] | None:
+        """The studies version ``version`` was trained or validated on (its manifest's train
+        and val rows); None when the manifest is not at hand."""
+        info = self.registry.get(name=name, version=version)
+        manifest = str(info.lineage.get("manifest") or "")
+        if self.manifests is None or not manifest or "/" in manifest:
+            return None
+        path = self.manifests / manifest
+        if not path.is_file():
+            return None
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+        table = pq.read_table(path, columns=["study_uid", "split"]).to_pylist()
+        return {str(r["study_uid"]) for r in table if r["split"] in ("train", "val")}
 
     # -- what was predicted -----------------------------------------------------------------
     def predictions(self, *, name: str, version: int | None = None) -> list[Prediction]:
@@ -191,13 +210,23 @@ class Feedback:
 
     def performance(
         self, *, name: str, version: int | None = None, rules: Rules | None = None,
-        window: str = "month",
+        window: str = "month", exclude_training: bool = True,
     ) -> dict[str, Any]:  # fmt: skip
-        """The model's (and its readers') performance against outcomes, as JSON."""
+        """The model's (and its readers') performance against outcomes, as JSON; with
+        ``exclude_training`` a version's predictions on studies it was trained or validated
+        on are left out (counted in ``counts.excluded_training``)."""
         if window not in WINDOWS:
             raise InvalidInput(f"window: one of {', '.join(WINDOWS)}")
         rules = rules or Rules()
         predictions = self.predictions(name=name, version=version)
+        excluded, unknown = 0, []
+        if exclude_training:
+            seen = {v: self.trained_on(name=name, version=v)
+                    for v in {p.version for p in predictions}}  # fmt: skip
+            unknown = sorted(v for v, studies in seen.items() if studies is None)
+            kept = [p for p in predictions
+                    if p.study_uid not in (seen.get(p.version) or set())]  # fmt: skip
+            excluded, predictions = len(predictions) - len(kept), kept
         judged, reads, facts = self.judge(predictions, rules)
         sources: dict[str, int] = {}
         for j in judged:
@@ -219,7 +248,10 @@ class Feedback:
                 "system": finding.system, "code": finding.code, "display": finding.meaning},
             "rules": rules.as_json(),
             "window": window,
-            "counts": {"predictions": len(predictions), "with_outcome": len(judged),
+            "exclude_training": exclude_training,
+            "training_unknown_for_versions": unknown,
+            "counts": {"predictions": len(predictions), "excluded_training": excluded,
+                       "with_outcome": len(judged),
                        "pending": len(predictions) - len(judged), "by_source": sources},
             "overall": summary(judged),
             "by_version": {v: summary(items) for v, items in sorted(

@@ -36,6 +36,7 @@ from medflow.cohort.results import (
     merge,
 )
 from medflow.cohort.schema import CodeSet, CohortDefinition, Criterion, ImagingCriterion, Temporal
+from medflow.dicom.attributes import da_date
 from medflow.fhir.identifiers import ACSN, search_token
 from medflow.fhir.service import FhirService
 from medflow.store.service import StoreService, StudyMatch
@@ -252,7 +253,7 @@ class _Run:
                 continue
             linked = tuple(Event("DiagnosticReport", r) for r in
                            reports.get(study.accession_number or "", ()))  # fmt: skip
-            day = _dicom_day(study.study_date)
+            day = da_date(study.study_date)
             hits.setdefault(pid, []).append(Event(STUDY, study.study_uid, day, linked))
         return hits
 
@@ -270,15 +271,6 @@ class _Run:
                     if code in accessions:
                         out.setdefault(code, []).append(match.res_id)
         return out
-
-
-def _dicom_day(value: str | None) -> date | None:
-    if not value or len(value) < 8 or not value[:8].isdigit():
-        return None
-    try:
-        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-    except ValueError:
-        return None
 
 
 __all__ = ["CHUNK", "RESTRICT_MAX", "CohortService"]

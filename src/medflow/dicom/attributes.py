@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -332,3 +333,14 @@ def find_element(ds: Dataset, path: str) -> Any:
         seq = current[int(parts[i], 16)]
         current = seq.value[int(parts[i + 1])]
     return current[int(parts[-1], 16)]
+
+
+def da_date(value: str | None) -> date | None:
+    """The date of a DICOM DA value (``YYYYMMDD``, PS3.5 Table 6.2-1); None when it is empty
+    or not a valid date."""
+    if not value or len(value) < 8 or not value[:8].isdigit():
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from medflow.core.errors import InvalidInput, MedflowError, NotFound
+from medflow.dicom.attributes import da_date
 from medflow.fhir.service import FhirService
 from medflow.labels.readers import KIND_OF
 from medflow.labels.schemas import LabelRequest
@@ -182,7 +183,7 @@ class Feedback:
             match = studies.get(p.study_uid)
             if match is None:
                 continue  # the study left the archive
-            day = _dicom_day(match.study_date) or p.scored_at
+            day = da_date(match.study_date) or p.scored_at
             out.append(replace(p, study_day=day, patient_mrn=match.patient_id or ""))
         return sorted(out, key=lambda p: (p.study_day or date.min, p.study_uid, p.version))
 
@@ -389,15 +390,6 @@ def _prediction(r: dict[str, Any], name: str, version: int) -> Prediction | None
         meaning=str(coding.get("display") or ""),
         scored_at=fhir_day(r.get("occurrenceDateTime")), reference=f"RiskAssessment/{r.get('id')}",
     )  # fmt: skip
-
-
-def _dicom_day(value: str | None) -> date | None:
-    if not value or len(value) < 8 or not value[:8].isdigit():
-        return None
-    try:
-        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-    except ValueError:
-        return None
 
 
 def _case(p: Prediction, o: Outcome) -> dict[str, Any]:

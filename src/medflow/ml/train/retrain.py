@@ -3,8 +3,9 @@
 1. The champion is NAME's production version; it must have been trained on one label set.
 2. Outcomes become labels first (by default; :meth:`medflow.ml.feedback.service.Feedback.
    outcome_labels`, provenance "outcome"), so the set has grown.
-3. The set is exported again with the champion's seed and split fractions (read from its
-   manifest under ``<data_dir>/ml/manifests`` when it is there, else the defaults). Splits
+3. The set is exported again with the champion's split seed and fractions (read from its
+   manifest under ``<data_dir>/ml/manifests`` when it is there, else its training seed and
+   the default fractions). Splits
    are a function of (seed, patient) only, so every patient the champion was trained or
    validated on stays in train/val: the test split is fixed, grown only by new patients.
    When the champion's manifest is on disk this is checked (no test patient was in its
@@ -74,14 +75,18 @@ def champion_config(info: ModelInfo, *, device: str = "auto") -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _champion_split(info: ModelInfo, data_dir: Path) -> tuple[str, Path | None]:
-    """The champion's split fractions (from its manifest's metadata) and that manifest."""
+def _champion_split(info: ModelInfo, data_dir: Path, seed: int) -> tuple[str, int, Path | None]:
+    """The champion's split fractions and split seed (from its manifest's metadata, which
+    may differ from its training seed: the demo model's does) and that manifest; the
+    defaults and ``seed`` without it."""
     name = str(info.lineage.get("manifest") or "")
     path = manifests_dir(data_dir) / name if name else None
     if path is None or not path.is_file():
-        return DEFAULT_SPLIT, None
+        return DEFAULT_SPLIT, seed, None
     meta = labels_manifest.manifest_metadata(path)
-    return meta.get("split") or DEFAULT_SPLIT, path
+    recorded = meta.get("seed", "")
+    return (meta.get("split") or DEFAULT_SPLIT,
+            int(recorded) if recorded.isdigit() else seed, path)  # fmt: skip
 
 
 def paired_auc_difference(
@@ -132,10 +137,10 @@ def retrain(
     config = champion_config(champion, device=device)
     if overrides:
         config = TrainConfig(**{**config.__dict__, **overrides})
-    split, champion_manifest = _champion_split(champion, data_dir)
+    split, split_seed, champion_manifest = _champion_split(champion, data_dir, config.seed)
     written = outcome_labels() if outcome_labels is not None else None
     data = export_labels(labels=labels, label_set=label_set, directory=manifests_dir(data_dir),
-                         seed=config.seed, split=split)  # fmt: skip
+                         seed=split_seed, split=split)  # fmt: skip
     rows = read_manifest(data.manifest).to_pylist()
     test = [r for r in rows if r["split"] == "test"]
     if champion_manifest is not None:

@@ -66,6 +66,9 @@ def test_risk_assessment_is_valid_fhir() -> None:
     assert resource["basis"][0] == {"reference": "ImagingStudy/is1"}
     assert resource["method"]["coding"][0]["code"] == "cxr:3"
     assert resource["identifier"][0]["value"] == "1.2.3/cxr:3"
+    bare = risk_assessment(finding=FINDING, patient_id="p1", imaging_study_id=None,
+                           study_uid="1.2.3")  # fmt: skip
+    assert validate(bare) == [] and "basis" not in bare  # no empty array (R4)
 
 
 def test_reader_observation_is_valid_fhir_with_or_without_a_code() -> None:

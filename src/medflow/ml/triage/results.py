@@ -195,6 +195,8 @@ def risk_assessment(
         resource["basis"] = [*basis, {"identifier": {"system": "urn:dicom:uid",
                                                      "value": f"urn:oid:{sr_uid}"},
                                       "display": "AI result SR"}]  # fmt: skip
+    if not resource["basis"]:  # R4: no empty arrays (no ImagingStudy yet, no SR)
+        del resource["basis"]
     return resource
 
 

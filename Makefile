@@ -41,6 +41,9 @@ lint: $(STAMP)
 
 ## Everything CI runs: static checks, then the whole test suite (2 workers).
 test: system-deps-test $(STAMP) lint
+	@# byte-compile our sources once: with PYTHONDONTWRITEBYTECODE set, every CLI process the
+	@# tests start would otherwise compile them again
+	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/pytest -n 2 --dist loadfile -q --durations=25
 
 clean:

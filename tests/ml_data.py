@@ -55,3 +55,20 @@ def cr_rows(folder: Path, *, fractions: tuple[float, float, float] = (0.5, 0.25,
     for r in rows:
         r["split"] = split_of[r["patient_id"]]
     return rows
+
+
+_HOSPITALS: dict[tuple[int, int, int], Path] = {}
+
+
+def chest_hospital(tmp_path_factory: Any, patients: int = 40, seed: int = 3,
+                   size: int = 32) -> Path:  # fmt: skip
+    """The synthetic hospital the ML tests share (no slides), generated once per test process
+    (per xdist worker): modules only read it (they load it into their own data dirs)."""
+    from medflow.synthetic.writer import generate
+
+    key = (patients, seed, size)
+    if key not in _HOSPITALS:
+        folder = tmp_path_factory.getbasetemp() / f"chest-hospital-{patients}-{seed}-{size}"
+        generate(folder, patients=patients, seed=seed, size=size, slides=False)
+        _HOSPITALS[key] = folder
+    return _HOSPITALS[key]

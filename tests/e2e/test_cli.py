@@ -43,6 +43,20 @@ def medflow(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProc
     )
 
 
+def medflow_here(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``medflow ARGS`` in this process (Typer's runner over the same app and environment as
+    :func:`medflow`, without the seconds a new process spends importing): for tests that run
+    many commands, after one real process has shown the path works."""
+    from typer.testing import CliRunner
+
+    from medflow.cli.main import app
+
+    terminal = {k: v for k, v in env().items() if k in ("COLUMNS", "NO_COLOR", "TERM")}
+    done = CliRunner().invoke(app, [str(a) for a in args], env=terminal)
+    return subprocess.CompletedProcess(["medflow", *map(str, args)], done.exit_code,
+                                       done.stdout, done.stderr)  # fmt: skip
+
+
 @contextmanager
 def serving(
     data_dir: Path, *, dimse_port: int = 0, extra_env: dict[str, str] | None = None

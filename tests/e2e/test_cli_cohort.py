@@ -1,6 +1,8 @@
-"""``medflow cohort save|run|list|show|diff`` as real processes over a data directory holding a
-small synthetic hospital: a saved cohort gets an id and versions, runs are stored, a patient
-who starts matching between two runs is listed as entered, and ``run FILE`` saves nothing."""
+"""``medflow cohort save|run|list|show|diff`` over a data directory holding a small synthetic
+hospital: a saved cohort gets an id and versions, runs are stored, a patient who starts
+matching between two runs is listed as entered, and ``run FILE`` saves nothing. The first
+command runs as a real process; the rest run the same Typer app in process (each CLI process
+start costs seconds of imports, and the commands are the same code)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from medflow.bootstrap import build
+from medflow.cli.main import app
 from medflow.core.settings import Settings
 from medflow.synthetic.writer import generate
 from tests.conftest import load_data_dir
@@ -47,17 +51,27 @@ def add_pneumonia_patient(data_dir: Path, mrn: str) -> str:
         container.close()
 
 
+TERMINAL = {"COLUMNS": "500", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def cli(*args: str | Path) -> tuple[int, str]:
+    """``medflow cohort ARGS`` in process: (exit code, output)."""
+    done = CliRunner().invoke(app, ["cohort", *map(str, args)], env=TERMINAL)
+    return done.exit_code, done.stdout
+
+
 def ok(*args: str | Path) -> str:
-    done = medflow("cohort", *args)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    code, out = cli(*args)
+    assert code == 0, out
+    return out
 
 
 def test_cohort_cli(data_dir: Path, tmp_path: Path) -> None:
     file = tmp_path / "pneumonia.yaml"
     file.write_text(DEFINITION)
-    out = ok("run", file, "--data-dir", data_dir, "--json")  # evaluate only
-    evaluated = json.loads(out)
+    done = medflow("cohort", "run", file, "--data-dir", data_dir, "--json")  # a real process
+    assert done.returncode == 0, done.stdout + done.stderr
+    evaluated = json.loads(done.stdout)  # evaluated only
     assert evaluated["patients"] and evaluated["attrition"][1]["criterion"] == "pneumonia"
     assert json.loads(ok("list", "--data-dir", data_dir, "--json")) == []
 
@@ -101,11 +115,11 @@ def test_cohort_cli(data_dir: Path, tmp_path: Path) -> None:
 def test_cohort_cli_errors(data_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(DEFINITION.replace("icd10", "icd9"))
-    done = medflow("cohort", "save", bad, "--data-dir", data_dir)
-    assert done.returncode == 2 and "criteria.0.condition.codes.0.system" in done.stdout
-    done = medflow("cohort", "show", "no-such-cohort", "--data-dir", data_dir)
-    assert done.returncode == 1 and "no cohort" in done.stdout
-    done = medflow("cohort", "run", "missing.yaml", "--data-dir", data_dir)
-    assert done.returncode == 2
-    done = medflow("cohort", "run", "whatever", "--as-of", "soon", "--data-dir", data_dir)
-    assert done.returncode == 2 and "ISO date" in done.stdout
+    code, out = cli("save", bad, "--data-dir", data_dir)
+    assert code == 2 and "criteria.0.condition.codes.0.system" in out
+    code, out = cli("show", "no-such-cohort", "--data-dir", data_dir)
+    assert code == 1 and "no cohort" in out
+    code, out = cli("run", "missing.yaml", "--data-dir", data_dir)
+    assert code == 2
+    code, out = cli("run", "whatever", "--as-of", "soon", "--data-dir", data_dir)
+    assert code == 2 and "ISO date" in out

@@ -1,4 +1,5 @@
-"""``medflow aet`` and ``medflow send`` as real processes, next to a running ``medflow serve``:
+"""``medflow aet`` and ``medflow send`` (a real process first, then in process), next to a
+running ``medflow serve``:
 an AE added or removed by the CLI is seen by the server's C-MOVE without restart; remote AEs
 are seeded from ``MEDFLOW_DIMSE__REMOTE_AES``; ``send`` pushes studies by UID or by query."""
 
@@ -19,7 +20,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # t
 from medflow.bootstrap import build
 from medflow.core.settings import Settings
 from tests.conftest import free_port
-from tests.e2e.test_cli import MEDFLOW, env, medflow, serving
+from tests.e2e.test_cli import MEDFLOW, env, medflow, medflow_here, serving
 from tests.factories import make_instance, store_datasets
 
 pytestmark = pytest.mark.e2e
@@ -93,15 +94,15 @@ def test_aet_changes_reach_a_running_server(tmp_path: Path, sink: Sink) -> None:
         assert c_move(dimse, study, "DEST").Status == 0xA801  # not known yet
         added = medflow("aet", "add", "DEST", "127.0.0.1", str(sink.port), "--data-dir", data)
         assert added.returncode == 0, added.stdout + added.stderr
-        listed = medflow("aet", "list", "--data-dir", data)
+        listed = medflow_here("aet", "list", "--data-dir", data)
         assert "DEST" in listed.stdout and str(sink.port) in listed.stdout
         final = c_move(dimse, study, "DEST")
         assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
         assert sink.uids == uids
-        removed = medflow("aet", "remove", "DEST", "--data-dir", data)
+        removed = medflow_here("aet", "remove", "DEST", "--data-dir", data)
         assert removed.returncode == 0
         assert c_move(dimse, study, "DEST").Status == 0xA801
-        again = medflow("aet", "remove", "DEST", "--data-dir", data)
+        again = medflow_here("aet", "remove", "DEST", "--data-dir", data)
         assert again.returncode == 2 and "no remote AE" in again.stdout
 
 
@@ -114,7 +115,7 @@ def test_remote_aes_seeded_from_settings(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "PACS_A" in done.stdout and "10.1.2.3" in done.stdout and "104" in done.stdout
-    bad = medflow("aet", "add", "MUCH_TOO_LONG_AE_TITLE", "h", "104", "--data-dir", data)
+    bad = medflow_here("aet", "add", "MUCH_TOO_LONG_AE_TITLE", "h", "104", "--data-dir", data)
     assert bad.returncode == 2 and "invalid AE title" in bad.stdout
 
 
@@ -128,18 +129,16 @@ def test_send_by_uid_and_by_query(tmp_path: Path, sink: Sink) -> None:
     assert sink.uids == uids
 
     sink.uids.clear()
-    assert (
-        medflow("aet", "add", "DEST", "127.0.0.1", str(sink.port), "--data-dir", data).returncode
-        == 0
-    )
-    done = medflow("send", "--ae", "DEST", "--query", "PatientID=CLI-3", "--data-dir", data)
+    added = medflow_here("aet", "add", "DEST", "127.0.0.1", str(sink.port), "--data-dir", data)
+    assert added.returncode == 0, added.stdout
+    done = medflow_here("send", "--ae", "DEST", "--query", "PatientID=CLI-3", "--data-dir", data)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sink.uids == other
 
     with_free = free_port()  # nobody listens there
-    done = medflow("send", "--ae", f"127.0.0.1:{with_free}:NOBODY", study, "--data-dir", data)
+    done = medflow_here("send", "--ae", f"127.0.0.1:{with_free}:NOBODY", study, "--data-dir", data)
     assert done.returncode == 2 and "no association" in done.stdout
-    done = medflow("send", "--ae", "UNKNOWN", study, "--data-dir", data)
+    done = medflow_here("send", "--ae", "UNKNOWN", study, "--data-dir", data)
     assert done.returncode == 2 and "unknown AE" in done.stdout
-    done = medflow("send", "--ae", "DEST", generate_uid(), "--data-dir", data)
+    done = medflow_here("send", "--ae", "DEST", generate_uid(), "--data-dir", data)
     assert done.returncode == 2 and "no study, series or instance" in done.stdout

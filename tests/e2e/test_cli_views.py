@@ -16,7 +16,7 @@ import pytest
 from medflow.bootstrap import build
 from medflow.core.settings import Settings
 from medflow.synthetic.plan import plan_hospital
-from tests.e2e.test_cli import medflow, serving
+from tests.e2e.test_cli import medflow, medflow_here, serving
 
 pytestmark = pytest.mark.e2e
 VIEWS = {
@@ -104,7 +104,8 @@ def test_views_run_duckdb_and_parquet(hospital: Path, tmp_path: Path) -> None:
         assert series and series > 0
 
     folder = tmp_path / "parquet"
-    done = medflow("views", "run", "--out", folder, "--format", "parquet", "--data-dir", hospital)
+    done = medflow_here("views", "run", "--out", folder, "--format", "parquet",
+                        "--data-dir", hospital)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     with duckdb.connect() as con:
         for view, rtype in VIEWS.items():
@@ -137,7 +138,7 @@ def test_views_run_view_file_as_csv_and_list(hospital: Path, tmp_path: Path) -> 
         ],
     }
     (tmp_path / "genders.json").write_text(json.dumps(view))
-    done = medflow(
+    done = medflow_here(
         "views",
         "run",
         tmp_path / "genders.json",
@@ -154,10 +155,10 @@ def test_views_run_view_file_as_csv_and_list(hospital: Path, tmp_path: Path) -> 
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(view | {"select": []}))
-    failed = medflow("views", "run", bad, "--out", tmp_path / "x", "--data-dir", hospital)
+    failed = medflow_here("views", "run", bad, "--out", tmp_path / "x", "--data-dir", hospital)
     assert failed.returncode == 1 and "select" in failed.stdout
 
-    listed = medflow("views", "list")
+    listed = medflow_here("views", "list")
     assert listed.returncode == 0
     for name in (*VIEWS, "dicom_studies", "dicom_series"):
         assert name in listed.stdout

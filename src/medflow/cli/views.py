@@ -223,12 +223,22 @@ def list_views() -> None:
     from medflow.fhir.views_output import view_columns
     from medflow.fhir.views_store import shipped_views
 
+    rows = [
+        (name, str(view["resource"]), ", ".join(c.name for c in view_columns(view)),
+         str(view.get("title", "")))
+        for name, view in shipped_views().items()
+    ]  # fmt: skip
+    rows += [
+        (name, "(DICOM index)", ", ".join(n for n, _, _ in spec), DICOM_TABLES[name])
+        for name, spec in (("dicom_studies", _STUDY), ("dicom_series", _SERIES))
+    ]
     table = RichTable(title="shipped views")
-    for heading in ("name", "resource", "columns", "title"):
-        table.add_column(heading)
-    for name, view in shipped_views().items():
-        columns = ", ".join(c.name for c in view_columns(view))
-        table.add_row(name, str(view["resource"]), columns, str(view.get("title", "")))
-    for name, spec in (("dicom_studies", _STUDY), ("dicom_series", _SERIES)):
-        table.add_row(name, "(DICOM index)", ", ".join(n for n, _, _ in spec), DICOM_TABLES[name])
+    # The name is the table (or file) the view becomes, what a user queries next: never cut it,
+    # however narrow the terminal; the columns and the title wrap instead.
+    table.add_column("name", no_wrap=True, min_width=max(len(row[0]) for row in rows))
+    table.add_column("resource", no_wrap=True)
+    table.add_column("columns", overflow="fold")
+    table.add_column("title", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)

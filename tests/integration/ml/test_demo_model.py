@@ -28,7 +28,7 @@ from medflow.ml.similar.store import EmbeddingStore
 from medflow.ml.similar.worker import EmbeddingWorker
 from medflow.ml.triage.worker import TriageWorker
 from medflow.synthetic.loader import load
-from medflow.synthetic.writer import generate
+from tests.ml_data import chest_hospital
 
 pytestmark = pytest.mark.integration
 TINY = DemoModelOptions(size=32, epochs=1, batch_size=4, bootstrap=20, max_steps=2,
@@ -48,17 +48,17 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("demo-model")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
+    chest = chest_hospital(tmp_path_factory)
     container = build(Settings(data_dir=tmp / "data", triage=TriageSettings(settle_seconds=5)))
     try:
         worker = triage_worker(container)
         worker.step()  # as in `medflow serve`: triage runs before the demo arrives
         with TestClient(create_app(container)) as client:
-            load(tmp / "hospital", url="http://testserver", client=client)
+            load(chest, url="http://testserver", client=client)
         worker.step(now=datetime.now(UTC) + LATER)  # the feed read: no model, nothing scored
         container.triage = worker  # the serve process's worker (its thread not started here)
         cr = frozenset(s.study_uid for s in container.store.find_studies(modalities=["CR"]))
-        yield World(container, worker, tmp / "hospital", cr)
+        yield World(container, worker, chest, cr)
     finally:
         container.triage = None
         container.close()

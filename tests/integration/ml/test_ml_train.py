@@ -21,9 +21,8 @@ from medflow.ml.train import features as feats
 from medflow.ml.train.images import FrameRef, decode_frames
 from medflow.ml.train.manifest import read_manifest
 from medflow.ml.train.service import TrainConfig, load_model, predict, train_model
-from medflow.synthetic.writer import generate
 from tests.conftest import load_data_dir
-from tests.ml_data import cr_rows, write_manifest
+from tests.ml_data import chest_hospital, cr_rows, write_manifest
 
 pytestmark = pytest.mark.integration
 CONFIG = TrainConfig(arch="small", size=32, epochs=2, batch_size=4, bootstrap=100, seed=5)
@@ -33,9 +32,9 @@ CONFIG = TrainConfig(arch="small", size=32, epochs=2, batch_size=4, bootstrap=10
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data dir with 40 synthetic patients loaded, manifest of their chest X-rays)."""
     tmp = tmp_path_factory.mktemp("ml")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
-    data_dir = load_data_dir(tmp / "hospital", tmp / "data")
-    rows = cr_rows(tmp / "hospital")
+    chest = chest_hospital(tmp_path_factory)
+    data_dir = load_data_dir(chest, tmp / "data")
+    rows = cr_rows(chest)
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     return data_dir, write_manifest(rows, tmp / "manifest.parquet")
 

@@ -21,8 +21,7 @@ from medflow.core.settings import Settings
 from medflow.ml.serving import api
 from medflow.ml.train.images import FrameRef, decode_frames
 from medflow.ml.train.service import TrainConfig, load_model, predict, train_model
-from medflow.synthetic.writer import generate
-from tests.ml_data import cr_rows, write_manifest
+from tests.ml_data import chest_hospital, cr_rows, write_manifest
 from tests.wsi_fixtures import store_files
 
 pytestmark = pytest.mark.integration
@@ -43,9 +42,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Con
     """40 patients' CR images and one CT study stored; ``cxr`` v1 trained (a few steps), v2
     the same weights in production; ``draft`` v1 in no stage."""
     tmp = tmp_path_factory.mktemp("serving")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
+    chest = chest_hospital(tmp_path_factory)
     cr, ct = [], {}
-    for path in sorted((tmp / "hospital" / "dicom").glob("*/*.dcm")):
+    for path in sorted((chest / "dicom").glob("*/*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if ds.Modality == "CR":
             cr.append(path)
@@ -55,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Con
     container = build(Settings(data_dir=tmp / "data"))
     try:
         store_files(container.store, cr + ct_files)
-        manifest = write_manifest(cr_rows(tmp / "hospital"), tmp / "manifest.parquet")
+        manifest = write_manifest(cr_rows(chest), tmp / "manifest.parquet")
         config = TrainConfig(arch="small", size=32, epochs=1, batch_size=4, bootstrap=20, seed=5,
                              max_steps=2)  # fmt: skip
         result = train_model(store=container.store, manifest=manifest, config=config,

@@ -27,8 +27,8 @@ from medflow.ml.train.source import (
     manifests_dir,
     training_data,
 )
-from medflow.synthetic.writer import generate
 from tests.conftest import load_data_dir
+from tests.ml_data import chest_hospital
 
 pytestmark = pytest.mark.integration
 CXR = {
@@ -60,9 +60,9 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Labelled:
     """40 synthetic patients; their CR studies labelled normal/consolidation; cohorts
     ``women`` (gender female) and ``nobody`` (gender other: no patient)."""
     tmp = tmp_path_factory.mktemp("train-labels")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
-    data_dir = load_data_dir(tmp / "hospital", tmp / "data")
-    truth = json.loads((tmp / "hospital" / "truth.json").read_text())
+    chest = chest_hospital(tmp_path_factory)
+    data_dir = load_data_dir(chest, tmp / "data")
+    truth = json.loads((chest / "truth.json").read_text())
     c = build(Settings(data_dir=data_dir))
     try:
         c.labels.sets.save(definition=LabelSetDefinition.model_validate(CXR))

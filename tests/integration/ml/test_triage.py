@@ -26,8 +26,7 @@ from medflow.labels.schemas import LabelSetDefinition
 from medflow.ml.train.service import TrainConfig, train_model
 from medflow.ml.triage.worker import ORIGIN
 from medflow.synthetic.loader import load
-from medflow.synthetic.writer import generate
-from tests.ml_data import cr_rows, write_manifest
+from tests.ml_data import chest_hospital, cr_rows, write_manifest
 
 pytestmark = pytest.mark.integration
 AI_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -44,18 +43,18 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("triage")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
+    chest = chest_hospital(tmp_path_factory)
     settings = Settings(data_dir=tmp / "data", triage=TriageSettings(settle_seconds=5))
     container = build(settings)
     try:
         with TestClient(create_app(container)) as client:
-            load(tmp / "hospital", url="http://testserver", client=client)
+            load(chest, url="http://testserver", client=client)
             container.labels.sets.save(definition=LabelSetDefinition.model_validate({
                 "name": "cxr-finding", "scope": "study", "negative_class": "normal",
                 "classes": [{"name": "normal"}, {"name": "finding", "code": {
                     "scheme": "SCT", "value": "404684003", "meaning": "Clinical finding"}}],
             }))  # fmt: skip
-            manifest = write_manifest(cr_rows(tmp / "hospital"), tmp / "manifest.parquet")
+            manifest = write_manifest(cr_rows(chest), tmp / "manifest.parquet")
             config = TrainConfig(arch="small", size=32, epochs=1, batch_size=4, bootstrap=20,
                                  seed=5, max_steps=2)  # fmt: skip
             result = train_model(store=container.store, manifest=manifest, config=config,
@@ -63,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             assert result.model is not None
             container.registry.promote(name="cxr", version=result.model.version,
                                        stage="production")  # fmt: skip
-            yield World(container, client, tmp / "hospital")
+            yield World(container, client, chest)
     finally:
         container.close()
 

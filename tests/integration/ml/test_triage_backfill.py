@@ -19,8 +19,7 @@ from medflow.cli.main import app
 from medflow.core.settings import Settings, TriageSettings
 from medflow.ml.train.service import TrainConfig, train_model
 from medflow.synthetic.loader import load
-from medflow.synthetic.writer import generate
-from tests.ml_data import cr_rows, write_manifest
+from tests.ml_data import chest_hospital, cr_rows, write_manifest
 
 pytestmark = pytest.mark.integration
 AI_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -38,13 +37,13 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("backfill")
-    generate(tmp / "hospital", patients=40, seed=3, size=32, slides=False)
+    chest = chest_hospital(tmp_path_factory)
     settings = Settings(data_dir=tmp / "data", triage=TriageSettings(settle_seconds=5))
     container = build(settings)
     try:
         with TestClient(create_app(container)) as client:
-            load(tmp / "hospital", url="http://testserver", client=client)
-            manifest = write_manifest(cr_rows(tmp / "hospital"), tmp / "manifest.parquet")
+            load(chest, url="http://testserver", client=client)
+            manifest = write_manifest(cr_rows(chest), tmp / "manifest.parquet")
             config = TrainConfig(arch="small", size=32, epochs=1, batch_size=4, bootstrap=20,
                                  seed=5, max_steps=2)  # fmt: skip
             result = train_model(store=container.store, manifest=manifest, config=config,

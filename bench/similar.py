@@ -25,6 +25,11 @@ trained classifier's embeddings on the synthetic hospital.
     .venv/bin/python bench/similar.py                       # both parts
     .venv/bin/python bench/similar.py --only latency --n 100000
     .venv/bin/python bench/similar.py --only quality --patients 1600 --size 128
+    .venv/bin/python bench/similar.py --only pgvector --n 100000   # pgvector (pgserver)
+
+3. **pgvector** (``--only pgvector``): the same vectors and queries in a pgvector table of a
+   PostgreSQL server (``--pgvector-url``, else PostgreSQL 16 + pgvector from the ``pgserver``
+   package), through ``PgVectorIndex`` and ``SimilarService``.
 
 Targets (issue 11): precision@10 >= 2x the class prior; search p95 < 50 ms at 100k. By hand.
 """
@@ -97,6 +102,40 @@ def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray[Any, Any
     return (centres[labels] + 0.6 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
+def search_times(index: Any, vectors: np.ndarray[Any, Any], sops: list[str], picks: list[int],
+                 cohorts: dict[str, set[str]]) -> dict[str, list[float]]:  # fmt: skip
+    """ms of ``index.search`` (k=10, the query excluded) for each pick, unfiltered and within
+    each cohort, after 20 warm-up searches."""
+
+    def timed(allowed: set[str] | None) -> list[float]:
+        times = []
+        for i in picks:
+            t = time.perf_counter()
+            hits = index.search(vectors[i], 10, allowed=allowed, exclude_instances={sops[i]})
+            times.append((time.perf_counter() - t) * 1000)
+            assert len(hits) == 10
+        return times
+
+    for _ in range(20):
+        index.search(vectors[picks[0]], 10)
+    return {"all": timed(None)} | {k: timed(v) for k, v in cohorts.items()}
+
+
+def recall_at_10(index: Any, vectors: np.ndarray[Any, Any], sops: list[str],
+                 picks: list[int]) -> float:  # fmt: skip
+    """The share of the true 10 nearest (brute force) that the index answers."""
+    norm = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    recalls = []
+    for i in picks:
+        scores = norm @ norm[i]
+        scores[i] = -2
+        truth = set(np.argpartition(-scores, 10)[:10].tolist())
+        hits = index.search(vectors[i], 10, exclude_instances={sops[i]})
+        found = {int(h.sop_instance_uid.rsplit(".", 1)[1]) - 1 for h in hits}
+        recalls.append(len(truth & found) / 10)
+    return statistics.mean(recalls)
+
+
 def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     work = CACHE / "similar-latency"
     shutil.rmtree(work, ignore_errors=True)
@@ -134,28 +173,8 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     picks = rng.sample(range(n), args.queries)
     cohorts = {"10 %": set(rng.sample(sops, n // 10)), "0.5 %": set(rng.sample(sops, n // 200))}
 
-    def timed(allowed: set[str] | None) -> list[float]:
-        times = []
-        for i in picks:
-            t = time.perf_counter()
-            hits = index.search(vectors[i], 10, allowed=allowed, exclude_instances={sops[i]})
-            times.append((time.perf_counter() - t) * 1000)
-            assert len(hits) == 10
-        return times
-
-    for _ in range(20):  # warm up
-        index.search(vectors[picks[0]], 10)
-    out["search_ms"] = {"all": timed(None)} | {k: timed(v) for k, v in cohorts.items()}
-    norm = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    recalls = []
-    for i in picks[:200]:
-        scores = norm @ norm[i]
-        scores[i] = -2
-        truth = set(np.argpartition(-scores, 10)[:10].tolist())
-        found = {int(h.sop_instance_uid.rsplit(".", 1)[1]) - 1
-                 for h in index.search(vectors[i], 10, exclude_instances={sops[i]})}  # fmt: skip
-        recalls.append(len(truth & found) / 10)
-    out["recall_at_10"] = statistics.mean(recalls)
+    out["search_ms"] = search_times(index, vectors, sops, picks, cohorts)
+    out["recall_at_10"] = recall_at_10(index, vectors, sops, picks[:200])
     service = SimilarService(engine=engine, data_dir=work / "data")
     service.similar(instance=sops[picks[0]], k=10, model=ref)  # loads the saved index
     times = []
@@ -166,6 +185,94 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     out["service_ms"] = times
     engine.dispose()
     return out
+
+
+def pgvector_engine(args: argparse.Namespace) -> tuple[Any, Any]:
+    """A fresh database on ``--pgvector-url``, else on a PostgreSQL 16 + pgvector started from
+    the ``pgserver`` package: (engine, the server to stop or None)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = None
+    url = args.pgvector_url
+    if not url:
+        import pgserver  # type: ignore[import-untyped]
+
+        server = pgserver.get_server(CACHE / "pgvector-server", cleanup_mode="stop")
+        url = str(server.get_uri())
+    base = sa.engine.make_url(url).set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    name = f"bench_similar_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    engine = create_engine(base.set(database=name).render_as_string(hide_password=False))
+    upgrade(engine)
+    return engine, server
+
+
+def bench_pgvector(args: argparse.Namespace) -> dict[str, Any]:
+    """The same vectors and queries as the usearch latency, in a pgvector table (HNSW, m=16,
+    ef_construction=64) searched through ``PgVectorIndex``."""
+    from medflow.ml.similar.pgvector import PgVectorIndex
+
+    engine, server = pgvector_engine(args)
+    try:
+        ref, n, dim = "bench-synthetic:1", args.n, args.dim
+        vectors = clustered(n, dim, args.clusters, args.seed)
+        sops = [f"2.25.{i + 1}" for i in range(n)]
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            for start in range(0, n, 10_000):
+                conn.execute(insert(Embedding), [
+                    {"model_ref": ref, "sop_instance_uid": sops[i],
+                     "study_uid": f"2.25.9{i // 4}", "series_uid": f"2.25.8{i // 4}",
+                     "patient_id": f"P{i // 8}", "frame": 1, "dim": dim,
+                     "vector": to_bytes(vectors[i]), "created_at": now}
+                    for i in range(start, min(n, start + 10_000))
+                ])  # fmt: skip
+        t0 = time.perf_counter()
+        index = PgVectorIndex.build(engine=engine, model_ref=ref, source=EmbeddingStore(engine))
+        out: dict[str, Any] = {"n": n, "dim": dim, "build_s": time.perf_counter() - t0}
+        rng = random.Random(args.seed)
+        picks = rng.sample(range(n), min(args.queries, 300))
+        cohorts = {"10 %": set(rng.sample(sops, n // 10)),
+                   "0.5 %": set(rng.sample(sops, n // 200))}  # fmt: skip
+
+        out["search_ms"] = search_times(index, vectors, sops, picks, cohorts)
+        out["recall_at_10"] = recall_at_10(index, vectors, sops, picks[:200])
+        service = SimilarService(engine=engine, data_dir=CACHE / "similar-pgvector")
+        service.similar(instance=sops[picks[0]], k=10, model=ref)
+        times = []
+        for i in picks:
+            t = time.perf_counter()
+            service.similar(instance=sops[i], k=10, model=ref)
+            times.append((time.perf_counter() - t) * 1000)
+        out["service_ms"] = times
+        return out
+    finally:
+        engine.dispose()
+        if server is not None:
+            server.cleanup()
+
+
+def pgvector_table(r: dict[str, Any]) -> Table:
+    t = Table(title=f"bench/similar.py pgvector: {r['n']:,} vectors x {r['dim']}, pgvector "
+              f"HNSW cosine in PostgreSQL, {os.cpu_count()} CPUs")  # fmt: skip
+    for column in ("measure", "p50 ms", "p95 ms", "p99 ms"):
+        t.add_column(column, justify="left" if column == "measure" else "right")
+    for name, times in r["search_ms"].items():
+        t.add_row(f"search k=10 ({name} allowed)" if name != "all" else "search k=10",
+                  *(f"{percentile(times, q):.2f}" for q in (50, 95, 99)))  # fmt: skip
+    t.add_row("SimilarService.similar (PostgreSQL)",
+              *(f"{percentile(r['service_ms'], q):.2f}" for q in (50, 95, 99)))  # fmt: skip
+    t.add_section()
+    t.add_row("table and HNSW index built (s)", f"{r['build_s']:.1f}", "", "")
+    t.add_row("recall@10 vs brute force", f"{r['recall_at_10']:.3f}", "", "")
+    p95 = percentile(r["search_ms"]["all"], 95)
+    t.add_row("target: search p95 < 50 ms", "met" if p95 < 50 else "missed", "", "")
+    return t
 
 
 # -- 2. quality ---------------------------------------------------------------------------------
@@ -420,7 +527,9 @@ def quality_table(r: dict[str, Any]) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["latency", "quality"])
+    parser.add_argument("--only", choices=["latency", "pgvector", "quality"])
+    parser.add_argument("--pgvector-url", default=None,
+                        help="PostgreSQL with pgvector (default: one started from pgserver)")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--clusters", type=int, default=200)
@@ -443,6 +552,11 @@ def main() -> None:
             progress.add_task("latency", total=None)
             results["latency"] = bench_latency(args)
         console.print(latency_table(results["latency"]))
+    if args.only in (None, "pgvector"):
+        with Progress(console=console, transient=True) as progress:
+            progress.add_task("pgvector", total=None)
+            results["pgvector"] = bench_pgvector(args)
+        console.print(pgvector_table(results["pgvector"]))
     if args.only in (None, "quality"):
         results["quality"] = bench_quality(args)
         console.print(quality_table(results["quality"]))

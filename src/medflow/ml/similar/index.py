@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,7 +163,7 @@ class VectorIndex:
             self.dirty = True
             return len(fresh)
 
-    def remove(self, keys: Iterable[int]) -> int:
+    def remove(self, keys: Collection[int]) -> int:
         """Remove these keys (unknown ones ignored); returns how many were removed."""
         with self._lock:
             gone = [int(k) for k in keys if int(k) in self._entries]
@@ -187,28 +187,7 @@ class VectorIndex:
         """Bring the index up to the table's rows (see the module's docstring); returns the
         number of vectors added or removed. With ``budget``, stop once about that many were
         added (the next call goes on)."""
-        target = source.signature(self.model_ref)
-        if target == self.signature():
-            return 0
-        changed = 0
-        after = self.signature().max_key
-        while target.max_key > after:
-            rows = source.rows(self.model_ref, after=after, limit=SYNC_CHUNK)
-            if not rows:
-                break
-            changed += self.add(rows)
-            after = rows[-1].key
-            if budget is not None and changed >= budget:
-                return changed
-        if self.signature() == source.signature(self.model_ref):
-            return changed
-        table, mine = source.keys(self.model_ref), self.keys()
-        changed += self.remove(np.setdiff1d(mine, table, assume_unique=True).tolist())
-        missing = np.setdiff1d(table, mine, assume_unique=True).tolist()
-        for i in range(0, len(missing), SYNC_CHUNK):
-            keys = missing[i : i + SYNC_CHUNK]
-            changed += self.add(source.rows(self.model_ref, keys=keys, limit=len(keys)))
-        return changed
+        return sync_from(self, source, budget=budget)
 
     @classmethod
     def build(cls, *, model_ref: str, source: IndexSource, path: Path | None = None,
@@ -243,17 +222,11 @@ class VectorIndex:
         (SOP Instance UIDs) when given, none of ``exclude_instances``, none of the studies in
         ``exclude_studies`` and of the patients in ``exclude_patients`` (an empty PatientID
         is no patient), and only those ``where(sop_uid, study_uid, patient_id)`` accepts."""
-        query = self._query(vector)
+        query = check_query(vector, self.dim)
+        accepts = acceptor(allowed, exclude_instances, exclude_studies, exclude_patients, where)
 
         def accept(entry: tuple[str, str, str]) -> bool:
-            sop, study, patient = entry
-            return (
-                (allowed is None or sop in allowed)
-                and sop not in exclude_instances
-                and study not in exclude_studies
-                and not (patient and patient in exclude_patients)
-                and (where is None or where(sop, study, patient))
-            )
+            return accepts(*entry)
 
         with self._lock:
             n = len(self._entries)
@@ -273,15 +246,6 @@ class VectorIndex:
                 if len(hits) >= k or count >= n:
                     return hits
                 count = min(n, count * 4)
-
-    def _query(self, vector: NDArray[Any]) -> FloatArray:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if self.dim is not None and query.size != self.dim:
-            raise InvalidInput(f"a {query.size}-wide vector for a {self.dim}-wide index")
-        norm = float(np.linalg.norm(query))
-        if not math.isfinite(norm) or norm == 0.0:
-            raise InvalidInput("the query vector is zero or not finite")
-        return query
 
     def _exact(self, query: FloatArray, keys: list[int], k: int,
                accept: Callable[[tuple[str, str, str]], bool]) -> list[Hit]:  # fmt: skip
@@ -378,6 +342,81 @@ class VectorIndex:
         return index
 
 
+class Synced(Protocol):
+    """An index that copies a model's rows (usearch here, pgvector in ``pgvector.py``)."""
+
+    model_ref: str
+
+    def signature(self) -> Signature: ...
+
+    def keys(self) -> NDArray[np.int64]: ...
+
+    def add(self, rows: Sequence[IndexRow]) -> int: ...
+
+    def remove(self, keys: Collection[int]) -> int: ...
+
+
+def sync_from(index: Synced, source: IndexSource, *, budget: int | None = None) -> int:
+    """Bring ``index`` up to the model's rows in ``source`` (see the module's docstring);
+    returns the number of vectors added or removed. With ``budget``, stop once about that
+    many were added (the next call goes on)."""
+    target = source.signature(index.model_ref)
+    if target == index.signature():
+        return 0
+    changed = 0
+    after = index.signature().max_key
+    while target.max_key > after:
+        rows = source.rows(index.model_ref, after=after, limit=SYNC_CHUNK)
+        if not rows:
+            break
+        changed += index.add(rows)
+        after = rows[-1].key
+        if budget is not None and changed >= budget:
+            return changed
+    if index.signature() == source.signature(index.model_ref):
+        return changed
+    table, mine = source.keys(index.model_ref), index.keys()
+    changed += index.remove(np.setdiff1d(mine, table, assume_unique=True).tolist())
+    missing = np.setdiff1d(table, mine, assume_unique=True).tolist()
+    for i in range(0, len(missing), SYNC_CHUNK):
+        keys = missing[i : i + SYNC_CHUNK]
+        changed += index.add(source.rows(index.model_ref, keys=keys, limit=len(keys)))
+    return changed
+
+
+def check_query(vector: NDArray[Any], dim: int | None) -> FloatArray:
+    """The query as a flat float32 vector: ``dim`` wide (when known), finite, not zero."""
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if dim is not None and query.size != dim:
+        raise InvalidInput(f"a {query.size}-wide vector for a {dim}-wide index")
+    norm = float(np.linalg.norm(query))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InvalidInput("the query vector is zero or not finite")
+    return query
+
+
+def acceptor(
+    allowed: Collection[str] | None,
+    exclude_instances: Collection[str],
+    exclude_studies: Collection[str],
+    exclude_patients: Collection[str],
+    where: Callable[[str, str, str], bool] | None,
+) -> Callable[[str, str, str], bool]:
+    """Whether a (SOP Instance UID, Study Instance UID, PatientID) passes a search's filters
+    (an empty PatientID is no patient)."""
+
+    def accept(sop: str, study: str, patient: str) -> bool:
+        return (
+            (allowed is None or sop in allowed)
+            and sop not in exclude_instances
+            and study not in exclude_studies
+            and not (patient and patient in exclude_patients)
+            and (where is None or where(sop, study, patient))
+        )
+
+    return accept
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -391,4 +430,5 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
-__all__ = ["EXACT_LIMIT", "Hit", "IndexSource", "VectorIndex", "file_stem"]
+__all__ = ["EXACT_LIMIT", "Hit", "IndexSource", "Synced", "VectorIndex", "acceptor",
+           "check_query", "file_stem", "sync_from"]  # fmt: skip

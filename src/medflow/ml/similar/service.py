@@ -15,7 +15,9 @@ latest version is evaluated as of its evaluation date (no run stored; the result
 ``cohort_ttl_s``), and the images of its patients' MRNs (DICOM PatientIDs) and of the studies
 its criteria matched are allowed.
 
-The vector index of each model is opened on first use: loaded from
+The vector index of each model is a pgvector table in the PostgreSQL database when the server
+has the extension (``backend``; :mod:`medflow.ml.similar.pgvector`), else an embedded usearch
+index (:mod:`medflow.ml.similar.index`). A usearch index is opened on first use: loaded from
 ``<data_dir>/ml/similar/`` and brought up to date with ``ml_embedding`` (by the rows'
 signature: count, largest and sum of keys), or rebuilt from the table when missing or
 unreadable. Each call then reads the model's generation (``ml_embedding_model``, one primary
@@ -38,8 +40,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy.engine import Engine
 
-from medflow.core.errors import NotFound, StorageFailure, Unsupported
+from medflow.core.errors import InvalidInput, NotFound, StorageFailure, Unsupported
 from medflow.ml.similar.index import VectorIndex, file_stem
+from medflow.ml.similar.pgvector import PgVectorIndex, pgvector_available
 from medflow.ml.similar.store import EmbeddingStore, StoredEmbedding
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_K = 100
+AnyIndex = VectorIndex | PgVectorIndex
+BACKENDS = ("auto", "usearch", "pgvector")
 
 
 class NotEmbedded(NotFound):
@@ -106,7 +111,7 @@ class _CohortCache:
 
 @dataclass
 class _State:
-    indexes: dict[str, VectorIndex] = field(default_factory=dict)
+    indexes: dict[str, AnyIndex] = field(default_factory=dict)
     building: set[str] = field(default_factory=set)
     syncing: set[str] = field(default_factory=set)
     locks: dict[str, threading.Lock] = field(default_factory=dict)
@@ -124,9 +129,17 @@ class SimilarService:
         inline_build_limit: int = 20_000,
         save_interval_s: float = 300.0,
         cohort_ttl_s: float = 60.0,
+        backend: str = "auto",
     ) -> None:
         """``default_model()``: the model ref to use when a call names none (the production
-        model's ref; None: the newest model that embedded the query instance)."""
+        model's ref; None: the newest model that embedded the query instance). ``backend``:
+        ``usearch`` (files under the data dir), ``pgvector`` (tables in the PostgreSQL
+        database; refused when the server lacks the extension) or ``auto`` (pgvector when the
+        database is PostgreSQL with the extension, else usearch)."""
+        if backend not in BACKENDS:
+            raise InvalidInput(f"similar images index {backend!r}: one of {', '.join(BACKENDS)}")
+        self.engine, self.backend = engine, backend
+        self._pgvector: bool | None = None
         self.embeddings = EmbeddingStore(engine)
         self.directory = (data_dir / "ml" / "similar").resolve()
         self.cohorts, self.default_model = cohorts, default_model
@@ -235,7 +248,20 @@ class SimilarService:
         with self._lock:
             return self._state.locks.setdefault(model_ref, threading.Lock())
 
-    def index(self, model_ref: str) -> VectorIndex:
+    @property
+    def uses_pgvector(self) -> bool:
+        """Whether the indexes are pgvector tables (decided once, at first use)."""
+        if self._pgvector is None:
+            available = self.backend != "usearch" and pgvector_available(self.engine)
+            if self.backend == "pgvector" and not available:
+                raise Unsupported(
+                    "the similar images index is set to pgvector, but the database is not "
+                    "PostgreSQL with the pgvector extension"
+                )
+            self._pgvector = available
+        return self._pgvector
+
+    def index(self, model_ref: str) -> AnyIndex:
         """The model's index, up to date with the table (see the module's docstring)."""
         with self._lock:
             index = self._state.indexes.get(model_ref)
@@ -247,11 +273,16 @@ class SimilarService:
         self._catch_up(index)
         return index
 
-    def _open(self, model_ref: str) -> VectorIndex:
+    def _open(self, model_ref: str) -> AnyIndex:
         with self._ref_lock(model_ref):
             with self._lock:
                 if model_ref in self._state.indexes:
                     return self._state.indexes[model_ref]
+            if self.uses_pgvector:  # the table persists: the catch-up that follows fills it
+                table = PgVectorIndex(engine=self.engine, model_ref=model_ref)
+                with self._lock:
+                    self._state.indexes[model_ref] = table
+                return table
             path = self.index_path(model_ref)
             generation = self.embeddings.generation(model_ref)  # read before the rows
             index = VectorIndex.load(path, model_ref=model_ref)
@@ -292,7 +323,7 @@ class SimilarService:
 
         threading.Thread(target=build, name=f"medflow-similar-{model_ref}", daemon=True).start()
 
-    def _catch_up(self, index: VectorIndex) -> None:
+    def _catch_up(self, index: AnyIndex) -> None:
         """When the model's generation moved: add and remove what changed in the table; a
         large backlog goes on in a thread (searches meanwhile use the index as it is); saved
         now and then."""
@@ -318,7 +349,7 @@ class SimilarService:
         if backlog:
             self._sync_in_thread(index)
 
-    def _sync_in_thread(self, index: VectorIndex) -> None:
+    def _sync_in_thread(self, index: AnyIndex) -> None:
         ref = index.model_ref
         with self._lock:
             if ref in self._state.syncing:
@@ -381,7 +412,9 @@ class SimilarService:
                 else "not loaded" if index is None else "loaded",
                 "indexed": len(index) if index is not None else None,
             })  # fmt: skip
-        return {"models": models}
+        backend = "not chosen yet" if self._pgvector is None else (
+            "pgvector" if self._pgvector else "usearch")  # fmt: skip
+        return {"models": models, "backend": backend}
 
 
 def _version(ref: str) -> int:
@@ -393,5 +426,5 @@ def _neighbour(e: StoredEmbedding, score: float | None) -> Neighbour:
     return Neighbour(e.study_uid, e.series_uid, e.sop_instance_uid, e.frame, e.patient_id, score)
 
 
-__all__ = ["MAX_K", "CohortScope", "IndexBuilding", "Neighbour", "NotEmbedded",
-           "SimilarResult", "SimilarService"]  # fmt: skip
+__all__ = ["BACKENDS", "MAX_K", "AnyIndex", "CohortScope", "IndexBuilding", "Neighbour",
+           "NotEmbedded", "SimilarResult", "SimilarService"]  # fmt: skip

@@ -41,6 +41,8 @@ from medflow.ml.triage.worker import TriageWorker
 from medflow.ml.triage.worker import start_in_thread as start_triage_thread
 from medflow.pathology.api import build_pathology_router
 from medflow.pathology.service import PathologyService
+from medflow.patients.api import build_patients_router
+from medflow.patients.service import PatientRecords, records_from
 from medflow.store.aes import AeDirectory
 from medflow.store.blobs import BlobStore, blob_store_from_settings
 from medflow.store.service import StoreService
@@ -70,6 +72,8 @@ class Container:
     """The reading worklist and what reading a study records (``/api/worklist``)."""
     similar: SimilarService
     """Similar images: the production models' embeddings in vector indexes (``/api/similar``)."""
+    patients: PatientRecords
+    """The longitudinal patient record (``/api/patients``, ``/patients``)."""
     sync: SyncWorker | None = None
     _sync_stop: threading.Event | None = None
     triage: TriageWorker | None = None
@@ -142,7 +146,9 @@ def build(settings: Settings, *, migrate: bool = True) -> Container:
             data_dir=settings.data_dir,
             cohorts=tracker,
             default_model=lambda: _production_ref(registry),
+            backend=settings.similar.index,
         ),
+        patients=records_from(settings, fhir=fhir, store=store),
         reading=Reading(
             engine=engine,
             fhir=fhir,
@@ -188,6 +194,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(build_triage_router())
     app.state.similar = container.similar
     app.include_router(build_similar_router())
+    app.include_router(build_patients_router())
     app.include_router(build_web_router())
 
     @app.get("/sync/status", tags=["Operations"])

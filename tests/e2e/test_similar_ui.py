@@ -25,7 +25,7 @@ from medflow.ml.train.service import TrainConfig, train_model
 from medflow.synthetic.writer import generate
 from tests.conftest import load_data_dir, need_peer
 from tests.e2e.test_cli import serving
-from tests.e2e.test_web_ui import CHROMIUM, IMAGE_SHOWN, Watch, have_browser
+from tests.e2e.test_web_ui import CHROMIUM, IMAGE_SHOWN, Watch, chromium_tab, have_browser
 from tests.ml_data import cr_rows, write_manifest
 
 pytestmark = pytest.mark.e2e
@@ -119,22 +119,8 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
 @pytest.fixture
 def page(hospital: Hospital) -> Iterator[tuple[Any, Watch, list[str]]]:
     """A tab, what it did, and every console message (of any type)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = chromium.new_context(viewport={"width": 1280, "height": 900})
-        tab = context.new_page()
-        tab.set_default_timeout(20_000)
-        watch, console = Watch(), []
-        tab.on("console", lambda m: console.append(m.text))
-        tab.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
-        tab.on("pageerror", lambda e: watch.errors.append(f"uncaught: {e}"))
-        tab.on("request", lambda r: watch.requests.append(r.url))
-        try:
-            yield tab, watch, console
-        finally:
-            chromium.close()
+    with chromium_tab() as opened:
+        yield opened
 
 
 def _no_phi(console: list[str], hospital: Hospital) -> None:

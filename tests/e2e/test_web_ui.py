@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,28 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
             assert time.monotonic() < deadline, "the sync did not make every ImagingStudy"
             time.sleep(0.2)
         yield Hospital(base, generated)
+
+
+@contextmanager
+def chromium_tab() -> Iterator[tuple[Any, Watch, list[str]]]:
+    """A tab of a new headless Chromium (1280x900, 20 s timeouts), what it did, and every
+    console message (of any type, to check that no PHI reaches the console)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = chromium.new_context(viewport={"width": 1280, "height": 900})
+        tab = context.new_page()
+        tab.set_default_timeout(20_000)
+        watch, console = Watch(), []
+        tab.on("console", lambda m: console.append(m.text))
+        tab.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda e: watch.errors.append(f"uncaught: {e}"))
+        tab.on("request", lambda r: watch.requests.append(r.url))
+        try:
+            yield tab, watch, console
+        finally:
+            chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,26 @@ class DeidSettings(BaseModel):
     """Dates move back by 1..max_shift_days days, the same number for all of a patient's data."""
 
 
+class SimilarSettings(BaseModel):
+    """Similar images (``medflow.ml.similar``, issue 11)."""
+
+    index: Literal["auto", "usearch", "pgvector"] = "auto"
+    """``auto``: a pgvector table per model when the database is PostgreSQL with the pgvector
+    extension, else an embedded usearch index per model under ``<data_dir>/ml/similar/``."""
+
+
+class RecordsSettings(BaseModel):
+    """Where the patient view (``/patients``, issue 12) reads the clinical record and imaging:
+    medflow's own FHIR store and archive (the default), or an external FHIR R4 server (and
+    DICOMweb service) over REST."""
+
+    fhir_url: str | None = None
+    """Base URL of an external FHIR R4 server (``https://fhir.example.org/R4``)."""
+    dicomweb_url: str | None = None
+    """Base URL of the external DICOMweb service with the patients' studies (QIDO-RS,
+    thumbnails); only with ``fhir_url``."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MEDFLOW_", env_nested_delimiter="__", extra="ignore"
@@ -117,6 +137,8 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)
+    records: RecordsSettings = Field(default_factory=RecordsSettings)
+    similar: SimilarSettings = Field(default_factory=SimilarSettings)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -8,7 +8,8 @@ viewer (pan and zoom over the pyramid's tiles, WADO-RS frames), ``/cohorts``, ``
 (:mod:`medflow.web.labeling`), ``/worklist`` the reading worklist (:mod:`medflow.web.worklist`),
 ``/models`` and ``/models/{name}/performance`` the models and how they did against outcomes
 (:mod:`medflow.web.models`),
-``/static/{name}`` the CSS and JS. The pages call
+``/patients`` and ``/patients/{id}`` patient search and the longitudinal patient record
+(:mod:`medflow.web.patients`), ``/static/{name}`` the CSS and JS. The pages call
 the archive's and the FHIR store's services (``request.app.state.container``); the browser
 fetches images from DICOMweb (WADO-RS rendered and thumbnail resources).
 """
@@ -36,6 +37,7 @@ from medflow.web.cohorts import builder_context, cohort_page, edit_context
 from medflow.web.home import FHIR_TYPES, home
 from medflow.web.labeling import chooser, workspace
 from medflow.web.models import models_view, performance_view
+from medflow.web.patients import patient_view, search_view
 from medflow.web.slides import slide_page
 from medflow.web.studies import FIELDS, MODALITIES, search_studies
 from medflow.web.study import study_page
@@ -49,6 +51,7 @@ STATIC_TYPES = {
     "slides.js": "text/javascript; charset=utf-8",
     "labeling.js": "text/javascript; charset=utf-8",
     "worklist.js": "text/javascript; charset=utf-8",
+    "patient.js": "text/javascript; charset=utf-8",
 }
 """The static files served (no other name is looked up)."""
 
@@ -151,6 +154,7 @@ def build_web_router() -> APIRouter:
 
     _cohort_pages(router)
     _labeling_pages(router)
+    _patient_pages(router)
 
     @router.get("/worklist", response_class=HTMLResponse)
     def worklist(request: Request) -> HTMLResponse:
@@ -221,6 +225,38 @@ def _cohort_pages(router: APIRouter) -> None:
             return _page(request, "not_found.html", {"what": "cohort"}, status_code=404)
         return _page(request, "cohort.html", {"active": "cohorts", "page": page,
                                               **builder_context()})  # fmt: skip
+
+
+def _patient_pages(router: APIRouter) -> None:
+    @router.get("/patients", response_class=HTMLResponse)
+    def patients_page(request: Request) -> Response:
+        """Patient search; one match with ``study`` (a worklist link) or ``go`` opens it."""
+        records = request.app.state.container.patients
+        view = search_view(records, request.query_params)
+        params = request.query_params
+        if len(view.hits) == 1 and (view.study or params.get("go")):
+            target = f"{_root(request)}/patients/{quote(view.hits[0].id, safe='')}"
+            query = urlencode({"study": view.study}) if view.study else ""
+            return RedirectResponse(target + (f"?{query}#priors" if query else ""),
+                                    status_code=303)  # fmt: skip
+        return _page(request, "patients.html", {"active": "patients", "view": view},
+                     status_code=400 if view.error else 200)  # fmt: skip
+
+    @router.get("/patients/{patient_id}", response_class=HTMLResponse)
+    def patient_page(request: Request, patient_id: str) -> HTMLResponse:
+        """One patient's longitudinal record (issue 12)."""
+        records = request.app.state.container.patients
+        started = time.perf_counter()
+        try:
+            view = patient_view(records, patient_id, request.query_params)
+        except NotFound:
+            return _page(request, "not_found.html", {"what": "patient"}, status_code=404)
+        except InvalidInput:  # a malformed id
+            return _page(request, "not_found.html", {"what": "patient"}, status_code=404)
+        response = _page(request, "patient.html", {"active": "patients", "view": view,
+                                                   "t": view.timeline})  # fmt: skip
+        response.headers["Server-Timing"] = f"page;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return response
 
 
 def _labeling_pages(router: APIRouter) -> None:

@@ -215,10 +215,12 @@ def pgvector_engine(args: argparse.Namespace) -> tuple[Any, Any]:
 def bench_pgvector(args: argparse.Namespace) -> dict[str, Any]:
     """The same vectors and queries as the usearch latency, in a pgvector table (HNSW, m=16,
     ef_construction=64) searched through ``PgVectorIndex``."""
-    from medflow.ml.similar.pgvector import PgVectorIndex
+    from medflow.ml.similar.pgvector import PgVectorIndex, pgvector_available
 
     engine, server = pgvector_engine(args)
     try:
+        if not pgvector_available(engine):  # also CREATE EXTENSION vector in the new database
+            raise SystemExit("this PostgreSQL server does not offer the pgvector extension")
         ref, n, dim = "bench-synthetic:1", args.n, args.dim
         vectors = clustered(n, dim, args.clusters, args.seed)
         sops = [f"2.25.{i + 1}" for i in range(n)]

@@ -1,9 +1,9 @@
 """The patient page in headless Chromium against ``medflow serve`` (issue 12), on a small
 synthetic hospital loaded over the public APIs: find a patient with osteosarcoma by MRN, open
-their record; see the biopsy, the pathology report, the MR studies with their thumbnails
-(loaded lazily), the chemotherapy after the biopsy and before surgery, newest first; the kind
-and date filters hide and show events at once and survive a reload; a study opens in the
-image viewer. A full-page screenshot is saved as a test artifact
+their record; see the biopsy, the pathology report, the knee MR and staging chest CT studies
+with their thumbnails (loaded lazily), the chemotherapy after the biopsy and before surgery,
+newest first; the kind and date filters hide and show events at once and survive a reload;
+the chest CT opens in the image viewer. A full-page screenshot is saved as a test artifact
 (``$MEDFLOW_TEST_ARTIFACTS``, default ``test-artifacts/``). Nothing of the patient reaches
 the console."""
 
@@ -88,17 +88,18 @@ def test_an_osteosarcoma_patients_history(
     pathology = tab.locator("li.kind-pathology")
     assert pathology.count() == 1 and "osteosarcoma" in pathology.inner_text().lower()
     studies = tab.locator("li.kind-imaging")
-    assert studies.count() == len(osteo["studies"]) == 3
+    assert studies.count() == len(osteo["studies"]) == 4
+    titles = [studies.nth(i).locator("a.study-link").inner_text() for i in range(4)]
+    assert sorted(t[:2] for t in titles) == ["CT", "MR", "MR", "MR"]  # the staging chest CT
     for i in range(studies.count()):
         study = studies.nth(i)
-        assert study.locator("a.study-link").inner_text().startswith("MR")
         assert "Report:" in study.inner_text()
         img = study.locator("img")
         assert img.get_attribute("loading") == "lazy"
         img.scroll_into_view_if_needed()
         tab.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=img.element_handle())
     thumbnails = [u for u in watch.requests if u.endswith("/thumbnail?viewport=128,128")]
-    assert len(thumbnails) >= 3
+    assert len(thumbnails) >= 4
 
     chemo = tab.locator("li.kind-medication")
     drugs = [chemo.nth(i).locator(".event-title").inner_text() for i in range(chemo.count())]
@@ -136,10 +137,10 @@ def test_an_osteosarcoma_patients_history(
         tab.click("#timeline-filters a:has-text('Reset')")
     assert len(_events(tab)) == len(events)
 
-    # a study opens in the image viewer
-    first = tab.locator("li.kind-imaging a.study-link").first
-    uid = first.get_attribute("href").rsplit("/", 1)[-1]  # type: ignore[union-attr]
-    first.click()
+    # a study (the chest CT) opens in the image viewer
+    chest = tab.locator("li.kind-imaging a.study-link", has_text="CT").first
+    uid = chest.get_attribute("href").rsplit("/", 1)[-1]  # type: ignore[union-attr]
+    chest.click()
     tab.wait_for_url(f"**/studies/{uid}")
     tab.wait_for_function(IMAGE_SHOWN)
     assert tab.inner_text("#patient-name").strip()

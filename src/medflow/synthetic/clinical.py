@@ -543,57 +543,80 @@ def _sizes(rec: _Record) -> list[int | None]:
     base = rec.rng.uniform(lo, hi)
     factor = SIZE_TREND.get(p.outcome, 1.0)
     sizes: list[int | None] = []
-    for k, study in enumerate(p.studies):
+    for k, study in enumerate(_own(p)):
         jitter = rec.rng.uniform(0.95, 1.05)
         lesion = study.finding.startswith("lesion")
         sizes.append(max(2, round(base * factor**k * jitter)) if lesion else None)
     return sizes
 
 
+def _own(p: PatientPlan) -> list[StudyPlan]:
+    """The studies of the disease's own site (not the staging ones), in order."""
+    return [s for s in p.studies if not s.purpose]
+
+
 def _studies(rec: _Record) -> None:
     p = rec.plan
     where = _where(rec)
     sizes = _sizes(rec)
-    for k, study in enumerate(p.studies):
+    for k, study in enumerate(_own(p)):
         first = k == 0 and p.onset == study.day
         emergency = p.disease.key in ("pneumonia", "pneumothorax")
         kind = "emergency" if first and emergency else "checkup" if first else "follow-up"
         encounter = rec.visit(study.day, kind if p.onset else "checkup")
         if study.day != p.onset:  # the diagnosis visit has its vitals already
             _vitals(rec, encounter, study.day, {})
-        code = _cc(LOINC, *IMAGING_CODES[study.modality], study.description)
-        acsn = {"type": ACSN_TYPE, "value": study.accession}
-        reason = {"reasonReference": [_ref(rec.condition)]} if rec.condition else {
-            "reasonCode": [{"text": "Screening" if study.modality != "CR" else
-                            "Routine chest radiograph"}]}  # fmt: skip
-        order = rec.add("service-request", {
-            "resourceType": "ServiceRequest", "status": "completed", "intent": "order",
-            "category": [_cc(SNOMED, "363679005", "Imaging")], "code": code,
-            "subject": rec.subject, "encounter": _ref(encounter),
-            "occurrenceDateTime": _day(study.day), "authoredOn": _day(study.day), **reason,
-        }, acsn)  # fmt: skip
-        report: dict[str, Any] = {
-            "resourceType": "DiagnosticReport", "basedOn": [_ref(order)], "status": "final",
-            "category": [_cc(V2_0074, "RAD", "Radiology")], "code": code,
-            "subject": rec.subject, "encounter": _ref(encounter),
-            "effectiveDateTime": _day(study.day), "issued": _instant(study.day),
-            "conclusion": _conclusion(p, study, where, sizes[k], sizes[k - 1] if k else None),
-        }  # fmt: skip
-        if sizes[k] is not None:
-            size = rec.observation(
-                encounter, study.day, "imaging", TUMOR_SIZE, basedOn=[_ref(order)],
-                valueQuantity=_quantity(sizes[k] or 0, "mm"),
-                **({"focus": [_ref(rec.condition)]} if rec.condition else {}),
-            )  # fmt: skip
-            report["result"] = [_ref(size)]
-        rec.add("diagnostic-report", report, acsn)
+        conclusion = _conclusion(p, study, where, sizes[k], sizes[k - 1] if k else None)
+        _order_and_report(rec, study, encounter, conclusion, sizes[k])
+
+
+def _staging(rec: _Record) -> None:
+    """The staging studies' orders and reports (after every other step, so that they add
+    resources without changing what the others drew)."""
+    for study in rec.plan.studies:
+        if study.purpose == "staging":
+            encounter = rec.visit(study.day, "follow-up")
+            conclusion = "No pulmonary nodules or other evidence of metastatic disease."
+            _order_and_report(rec, study, encounter, conclusion, None)
+
+
+def _order_and_report(rec: _Record, study: StudyPlan, encounter: str, conclusion: str,
+                      size_mm: int | None) -> None:  # fmt: skip
+    """The imaging order (ServiceRequest), its radiology report (DiagnosticReport, with the
+    accession number) and the tumour size it measured (Observation) when there is one."""
+    code = _cc(LOINC, *IMAGING_CODES[study.modality], study.description)
+    acsn = {"type": ACSN_TYPE, "value": study.accession}
+    reason = {"reasonReference": [_ref(rec.condition)]} if rec.condition else {
+        "reasonCode": [{"text": "Screening" if study.modality != "CR" else
+                        "Routine chest radiograph"}]}  # fmt: skip
+    order = rec.add("service-request", {
+        "resourceType": "ServiceRequest", "status": "completed", "intent": "order",
+        "category": [_cc(SNOMED, "363679005", "Imaging")], "code": code,
+        "subject": rec.subject, "encounter": _ref(encounter),
+        "occurrenceDateTime": _day(study.day), "authoredOn": _day(study.day), **reason,
+    }, acsn)  # fmt: skip
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport", "basedOn": [_ref(order)], "status": "final",
+        "category": [_cc(V2_0074, "RAD", "Radiology")], "code": code,
+        "subject": rec.subject, "encounter": _ref(encounter),
+        "effectiveDateTime": _day(study.day), "issued": _instant(study.day),
+        "conclusion": conclusion,
+    }  # fmt: skip
+    if size_mm is not None:
+        size = rec.observation(
+            encounter, study.day, "imaging", TUMOR_SIZE, basedOn=[_ref(order)],
+            valueQuantity=_quantity(size_mm, "mm"),
+            **({"focus": [_ref(rec.condition)]} if rec.condition else {}),
+        )  # fmt: skip
+        report["result"] = [_ref(size)]
+    rec.add("diagnostic-report", report, acsn)
 
 
 # -- public API ------------------------------------------------------------------------------------
 
 
 _STEPS: tuple[Callable[[_Record], None], ...] = (
-    _condition, _studies, _biopsy, _treatment, _disease_status,
+    _condition, _studies, _biopsy, _treatment, _disease_status, _staging,
 )  # fmt: skip
 
 

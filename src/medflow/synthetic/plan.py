@@ -68,6 +68,11 @@ NONE = Disease("screening", "", "", "No finding", False, "CR", "CHEST", "", 0.15
 BIOPSY_SITES = {"CHEST": ("39607008", "Lung structure"), "BREAST": ("76752008", "Breast structure"),
                 "KNEE": ("272673000", "Bone structure")}  # fmt: skip
 """SNOMED CT body structure of a biopsy, by the disease's body part."""
+STAGING = {"osteosarcoma": ("CT", "CHEST", "CT CHEST W CONTRAST")}
+"""Imaging of another body part that a diagnosis calls for, shortly after it: a chest CT
+stages an osteosarcoma, since the lungs are where it spreads first (NCCN Guidelines, Bone
+Cancer: chest CT at work-up). Here it shows no metastasis; its description is the one every
+chest CT has, so that no header tells a negative study from a positive one."""
 SPECIMEN_TYPE = ("119376003", "Tissue specimen")
 """SNOMED CT type of the biopsy specimen (FHIR Specimen.type, the slide's specimen)."""
 
@@ -86,6 +91,9 @@ class StudyPlan:
     series: int
     instances: int
     """Instances per series."""
+    purpose: str = ""
+    """"" for the imaging of the disease's own site; ``staging`` for a study of another body
+    part that the diagnosis calls for (see :data:`STAGING`)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,9 @@ def plan_patient(seed: int, index: int) -> PatientPlan:
         studies = [s for n, s in enumerate(studies) if n == 0 or s.day <= outcome_day]
     family = rng.choice(FAMILY)
     given = rng.choice(GIVEN_F if sex == "F" else GIVEN_M)
+    staging = _staging(seed, index, disease, onset)
+    if staging is not None:
+        studies.append(staging)
     return PatientPlan(
         index=index, mrn=f"MRN{seed % 1000:03d}{index:07d}", family=family, given=given,
         sex=sex, birth_date=birth, city=rng.choice(CITIES), disease=disease, onset=onset,
@@ -219,6 +230,22 @@ def _outcome(rng: random.Random, disease: Disease, onset: date | None) -> tuple[
         return rng.choices(["remission", "response", "stable", "progression", "death"],
                            weights=[3, 3, 2, 2, 1])[0], day  # fmt: skip
     return "resolved", day
+
+
+def _staging(seed: int, index: int, disease: Disease, onset: date | None) -> StudyPlan | None:
+    """The staging study of :data:`STAGING` (its own random stream, so that adding it changed
+    nothing else the plan draws)."""
+    if onset is None or disease.key not in STAGING:
+        return None
+    modality, body_part, description = STAGING[disease.key]
+    rng = _rng(seed, "staging", index)
+    series, instances = {"CT": (2, 16)}[modality]
+    return StudyPlan(
+        accession=f"A{seed % 1000:03d}{index:07d}9", study_uid=uid(seed, "study", index, 9),
+        modality=modality, body_part=body_part, description=description,
+        day=min(TODAY, onset + timedelta(days=rng.randint(5, 18))), finding="",
+        series=series, instances=instances + rng.randint(0, 4), purpose="staging",
+    )  # fmt: skip
 
 
 def plan_hospital(seed: int, patients: int) -> list[PatientPlan]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from medflow.cohort.results import CohortResult
+from medflow.cohort.results import CohortResult, PatientResult
 from medflow.cohort.schema import load_definition, parse_definition, shift
 from medflow.cohort.service import CohortService
 from medflow.synthetic.writer import generate
@@ -200,26 +200,31 @@ def test_reference_example_as_shipped(hospital: Hospital) -> None:
             )
         }
         assert meds and set(patient.resources["MedicationRequest"]) == meds
-        assert patient.studies == []  # the hospital images osteosarcoma by MR, not CT
+        # the staging chest CT (the knee is imaged by MR) and its radiology report
+        _studies_and_reports_match(c, patient, "CT")
 
 
 def test_reference_example_with_mr_lists_studies_and_reports(hospital: Hospital) -> None:
-    c = hospital.client
     data = load_definition(EXAMPLE).model_dump(by_alias=True, exclude_none=True)
     data["collect"][1]["imaging"]["modality"] = ["MR"]
     result = hospital.cohorts.evaluate(parse_definition(data))
     assert result.patients
     for patient in result.patients:
-        mrn = patient.mrn
-        r = c.get("/dicomweb/studies", params={"PatientID": mrn, "ModalitiesInStudy": "MR"})
-        studies = {s["0020000D"]["Value"][0]: s["00080050"]["Value"][0] for s in r.json()}
-        assert set(patient.studies) == set(studies) and studies
-        reports = set()
-        for accession in studies.values():
-            token = f"http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|{accession}"
-            reports |= {x["id"] for x in fhir_all(c, "DiagnosticReport",
-                                                  [("identifier:of-type", token)])}  # fmt: skip
-        assert set(patient.resources["DiagnosticReport"]) == reports and reports
+        _studies_and_reports_match(hospital.client, patient, "MR")
+
+
+def _studies_and_reports_match(c: TestClient, patient: PatientResult, modality: str) -> None:
+    """The patient's studies of ``modality`` (QIDO-RS) are the cohort's, and their reports
+    (DiagnosticReports by the studies' accession numbers) its DiagnosticReports."""
+    r = c.get("/dicomweb/studies", params={"PatientID": patient.mrn, "ModalitiesInStudy": modality})
+    studies = {s["0020000D"]["Value"][0]: s["00080050"]["Value"][0] for s in r.json()}
+    assert set(patient.studies) == set(studies) and studies
+    reports = set()
+    for accession in studies.values():
+        token = f"http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|{accession}"
+        reports |= {x["id"] for x in fhir_all(c, "DiagnosticReport",
+                                              [("identifier:of-type", token)])}  # fmt: skip
+    assert set(patient.resources["DiagnosticReport"]) == reports and reports
 
 
 def test_report_text_observation_value_and_procedure(hospital: Hospital) -> None:

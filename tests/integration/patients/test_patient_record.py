@@ -1,9 +1,10 @@
 """The longitudinal patient record (issue 12) on a small synthetic hospital (FHIR, DICOM and a
 whole-slide image imported, the sync making the ImagingStudies), on
 SQLite and PostgreSQL: patient search; the timeline of a patient with osteosarcoma (biopsy,
-pathology report, slide, MR studies with their reports, chemotherapy before surgery, disease
-status, tumour size trend); filters; a study's priors; AI results and reader findings; the
-same timeline read over FHIR REST and QIDO-RS as from an external server; the pages."""
+pathology report, slide, knee MRs and the staging chest CT with their reports, chemotherapy
+before surgery, disease status, tumour size trend); filters; a study's priors; AI results and
+reader findings; the same timeline read over FHIR REST and QIDO-RS as from an external server;
+the pages."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from tests.conftest import loaded_hospital
 
 pytestmark = pytest.mark.integration
 SEED, PATIENTS = 6, 8
-"""Patient 0 of this hospital has osteosarcoma: biopsy, three MR studies, MAP chemotherapy."""
+"""Patient 0 of this hospital has osteosarcoma: biopsy, three knee MR studies and a staging
+chest CT, MAP chemotherapy."""
 
 
 @dataclass
@@ -117,10 +119,13 @@ def test_the_osteosarcoma_history(world: World) -> None:
     assert len(slides) == 1 and slides[0]["thumbnail"] and slides[0]["study_uid"]
 
     studies = of_kind(body, "imaging")
-    assert len(studies) == len(world.osteo["studies"]) == 3
-    assert all(e["title"].startswith("MR") and e["thumbnail"] for e in studies)
+    assert len(studies) == len(world.osteo["studies"]) == 4
+    assert sorted(e["title"][:2] for e in studies) == ["CT", "MR", "MR", "MR"]  # knee, staging
+    assert all(e["thumbnail"] for e in studies)
     assert all(any(n.startswith("Report: ") for n in e["notes"]) for e in studies)
     assert all("2 series" in e["detail"] for e in studies)
+    staging = next(e for e in studies if e["title"].startswith("CT"))
+    assert any("metasta" in n for n in staging["notes"])
     reports = of_kind(body, "report")
     assert {r["study_uid"] for r in reports} == {e["study_uid"] for e in studies}
 
@@ -164,15 +169,20 @@ def test_filters(world: World) -> None:
 
 def test_priors_of_the_latest_study(world: World) -> None:
     full = timeline(world)
-    latest, *earlier = of_kind(full, "imaging")
+    knees = [e for e in of_kind(full, "imaging") if e["title"].startswith("MR")]
+    chest = next(e for e in of_kind(full, "imaging") if e["title"].startswith("CT"))
+    latest, *earlier = knees
     body = timeline(world, study=latest["study_uid"])
     assert body["study"]["uid"] == latest["study_uid"]
     priors = body["priors"]
+    # the earlier knee MRs first (newest first), then the staging chest CT and the slide
     assert [p["study"]["uid"] for p in priors[:2]] == [e["study_uid"] for e in earlier]
     assert all(p["match"] == "modality+body part" for p in priors[:2])
     assert all(p["report"] and p["report_ref"].startswith("DiagnosticReport/") for p in priors[:2])
     assert latest["study_uid"] not in [p["study"]["uid"] for p in priors]
-    assert [p["match"] for p in priors[2:]] == ["other"] * len(priors[2:])  # the slide
+    staging = next(p for p in priors[2:] if p["study"]["uid"] == chest["study_uid"])
+    assert staging["match"] == "other" and "metastatic" in staging["report"]
+    assert all(p["match"] == "other" for p in priors[2:])
     assert timeline(world, study="1.2.3")["priors"] == []
 
 

@@ -68,11 +68,16 @@ NONE = Disease("screening", "", "", "No finding", False, "CR", "CHEST", "", 0.15
 BIOPSY_SITES = {"CHEST": ("39607008", "Lung structure"), "BREAST": ("76752008", "Breast structure"),
                 "KNEE": ("272673000", "Bone structure")}  # fmt: skip
 """SNOMED CT body structure of a biopsy, by the disease's body part."""
-STAGING = {"osteosarcoma": ("CT", "CHEST", "CT CHEST W CONTRAST")}
+DESCRIPTIONS = {"CR": "XR CHEST PA", "CT": "CT CHEST W CONTRAST", "MR": "MR KNEE W/WO",
+                "MG": "MAMMOGRAPHY BILATERAL"}  # fmt: skip
+"""Study Description by modality (one per modality: no header tells a finding)."""
+SERIES_SHAPE = {"CR": (1, 1), "MG": (1, 4), "CT": (2, 16), "MR": (2, 12)}
+"""(series, instances per series before the jitter of CT and MR) by modality."""
+STAGING = {"osteosarcoma": ("CT", "CHEST")}
 """Imaging of another body part that a diagnosis calls for, shortly after it: a chest CT
 stages an osteosarcoma, since the lungs are where it spreads first (NCCN Guidelines, Bone
-Cancer: chest CT at work-up). Here it shows no metastasis; its description is the one every
-chest CT has, so that no header tells a negative study from a positive one."""
+Cancer: chest CT at work-up). Here it shows no metastasis; it is described and shaped as every
+study of its modality is, so that no header tells a negative study from a positive one."""
 SPECIMEN_TYPE = ("119376003", "Tissue specimen")
 """SNOMED CT type of the biopsy specimen (FHIR Specimen.type, the slide's specimen)."""
 
@@ -206,15 +211,13 @@ def _study(
     elif diagnostic:
         finding = disease.finding
     modality = disease.modality
-    descriptions = {"CR": "XR CHEST PA", "CT": "CT CHEST W CONTRAST", "MR": "MR KNEE W/WO",
-                    "MG": "MAMMOGRAPHY BILATERAL"}  # fmt: skip
-    series, instances = {"CR": (1, 1), "MG": (1, 4), "CT": (2, 16), "MR": (2, 12)}[modality]
+    series, instances = SERIES_SHAPE[modality]
     return StudyPlan(
         accession=f"A{seed % 1000:03d}{index:07d}{n}",
         study_uid=uid(seed, "study", index, n),
         modality=modality,
         body_part=disease.body_part,
-        description=descriptions[modality],
+        description=DESCRIPTIONS[modality],
         day=day,
         finding=finding,
         series=series,
@@ -237,12 +240,12 @@ def _staging(seed: int, index: int, disease: Disease, onset: date | None) -> Stu
     nothing else the plan draws)."""
     if onset is None or disease.key not in STAGING:
         return None
-    modality, body_part, description = STAGING[disease.key]
+    modality, body_part = STAGING[disease.key]
     rng = _rng(seed, "staging", index)
-    series, instances = {"CT": (2, 16)}[modality]
+    series, instances = SERIES_SHAPE[modality]
     return StudyPlan(
         accession=f"A{seed % 1000:03d}{index:07d}9", study_uid=uid(seed, "study", index, 9),
-        modality=modality, body_part=body_part, description=description,
+        modality=modality, body_part=body_part, description=DESCRIPTIONS[modality],
         day=min(TODAY, onset + timedelta(days=rng.randint(5, 18))), finding="",
         series=series, instances=instances + rng.randint(0, 4), purpose="staging",
     )  # fmt: skip

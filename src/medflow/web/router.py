@@ -249,9 +249,7 @@ def _patient_pages(router: APIRouter) -> None:
         started = time.perf_counter()
         try:
             view = patient_view(records, patient_id, request.query_params)
-        except NotFound:
-            return _page(request, "not_found.html", {"what": "patient"}, status_code=404)
-        except InvalidInput:  # a malformed id
+        except (NotFound, InvalidInput):  # no such patient, or a malformed id
             return _page(request, "not_found.html", {"what": "patient"}, status_code=404)
         response = _page(request, "patient.html", {"active": "patients", "view": view,
                                                    "t": view.timeline})  # fmt: skip

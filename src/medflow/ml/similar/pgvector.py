@@ -145,8 +145,8 @@ class PgVectorIndex:
         if self.dim is None:
             return np.array([], dtype=np.int64)
         with self.engine.connect() as c:
-            keys = c.execute(text(f"SELECT key FROM {self.table}")).scalars().all()
-        return np.array(sorted(keys), dtype=np.int64)
+            keys = c.execute(text(f"SELECT key FROM {self.table} ORDER BY key")).scalars().all()
+        return np.array(keys, dtype=np.int64)
 
     # -- changes -----------------------------------------------------------------------------
     def add(self, rows: Sequence[IndexRow]) -> int:

@@ -20,6 +20,7 @@ from urllib.parse import urljoin
 import httpx
 
 from medflow.core.errors import InvalidInput, NotFound, StorageFailure
+from medflow.dicom.attributes import da_date
 from medflow.dicom.matching import Match, MatchType, parse_attribute
 from medflow.fhir.service import FhirService
 from medflow.patients.timeline import StudyRef
@@ -51,10 +52,15 @@ class RecordSource(Protocol):
 
 
 def _iso(da: str | None) -> str | None:
-    da = (da or "").strip()
-    if len(da) >= 8 and da[:8].isdigit():
-        return f"{da[:4]}-{da[4:6]}-{da[6:8]}"
-    return None
+    """A DICOM DA value as an ISO date; None when it is not a valid date."""
+    day = da_date((da or "").strip())
+    return day.isoformat() if day else None
+
+
+def _no_query(url: str) -> str:
+    """The URL without its query: a search's or a next link's parameters can name a patient
+    (``name=``, ``identifier=``), and errors are logged."""
+    return url.split("?", 1)[0]
 
 
 class EmbeddedSource:
@@ -110,7 +116,7 @@ class RestSource:
         try:
             response = self.client.get(url, params=params, headers={"Accept": accept})
         except httpx.HTTPError as exc:
-            raise StorageFailure(f"{url}: {type(exc).__name__}") from exc
+            raise StorageFailure(f"{_no_query(url)}: {type(exc).__name__}") from exc
         if response.status_code == 404:
             raise NotFound("not found on the external server")
         if response.status_code == 400:
@@ -118,7 +124,7 @@ class RestSource:
         if response.status_code == 204:
             return []
         if response.status_code >= 300:
-            raise StorageFailure(f"{url}: HTTP {response.status_code}")
+            raise StorageFailure(f"{_no_query(url)}: HTTP {response.status_code}")
         return response.json()
 
     def _bundle(self, url: str, params: Any, limit: int | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
+from medflow.fhir.identifiers import ACSN, DICOM_UID_SYSTEM
+from medflow.fhir.indexing import date_range, parse_reference
+
 KINDS = ("encounter", "condition", "procedure", "medication", "observation", "report",
          "pathology", "imaging", "slide", "ai-result", "finding", "outcome")  # fmt: skip
 """The event kinds, in the order the filters list them."""
@@ -54,7 +57,6 @@ DISEASE_STATUS = "97509-4"
 """LOINC "Cancer disease status" (mCODE CancerDiseaseStatus): an outcome."""
 READER_FINDING_SYSTEM = "urn:medflow:reader-finding"
 AI_RESULT_SYSTEM = "urn:medflow:ai-result"
-DICOM_UID_SYSTEM = "urn:dicom:uid"
 ACTIVE_CONDITION = {"active", "recurrence", "relapse"}
 CURRENT_MEDICATION = {"active", "on-hold", "intended"}
 INACTIVE_ALLERGY = {"inactive", "resolved"}
@@ -262,8 +264,7 @@ def _identifier(res: Mapping[str, Any], system: str) -> str | None:
 def accession_of(res: Mapping[str, Any]) -> str | None:
     """The accession number among a resource's identifiers (type v2-0203 ACSN)."""
     for ident in res.get("identifier") or []:
-        if has_code(ident.get("type"), "http://terminology.hl7.org/CodeSystem/v2-0203",
-                    ["ACSN"]) and ident.get("value"):  # fmt: skip
+        if has_code(ident.get("type"), ACSN[0], [ACSN[1]]) and ident.get("value"):
             return str(ident["value"])
     return None
 
@@ -283,12 +284,27 @@ def human_name(patient: Mapping[str, Any]) -> str:
     return " ".join(p for p in (given, name.get("family") or "") if p) or "(no name)"
 
 
+def fhir_day(value: Any) -> date | None:
+    """The (first) day of a FHIR date or dateTime as written (``2024``, ``2024-03``, the date
+    part of a dateTime, no time-zone shift); None when it is not one."""
+    covered = date_range(value[:10]) if isinstance(value, str) else None
+    return covered[0].date() if covered else None
+
+
 def age_on(birth: str, day: date) -> int | None:
-    try:
-        born = date.fromisoformat(birth[:10])
-    except ValueError:
+    born = fhir_day(birth)
+    if born is None:
         return None
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def study_id(ref: Any) -> str | None:
+    """The logical id of the ImagingStudy a Reference points at (relative, absolute or
+    versioned); None for another type or no reference."""
+    parsed = parse_reference(ref.get("reference", "")) if isinstance(ref, Mapping) else None
+    if parsed is None or parsed.target_type != "ImagingStudy":
+        return None
+    return parsed.target_id
 
 
 def is_pathology(report: Mapping[str, Any]) -> bool:
@@ -332,8 +348,7 @@ def header(patient: Mapping[str, Any], resources: Sequence[Mapping[str, Any]],
     birth = str(patient.get("birthDate") or "")
     deceased = patient.get("deceasedDateTime") or (
         "yes" if patient.get("deceasedBoolean") else None)  # fmt: skip
-    dated = isinstance(deceased, str) and deceased[:4].isdigit()
-    end = date.fromisoformat(str(deceased)[:10]) if dated else today
+    end = fhir_day(deceased) or today
     return Header(id=str(patient.get("id")), name=human_name(patient),
                   gender=str(patient.get("gender") or ""), birth_date=birth,
                   age=age_on(birth, end) if birth else None,
@@ -538,7 +553,7 @@ def _report(res: Mapping[str, Any], imaging_ids: Mapping[str, str],
             by_accession: Mapping[str, str]) -> Event:  # fmt: skip
     study = None
     for ref in res.get("imagingStudy") or []:
-        study = imaging_ids.get(str(ref.get("reference", "")).removeprefix("ImagingStudy/"))
+        study = imaging_ids.get(study_id(ref) or "")
         if study:
             break
     accession = accession_of(res)
@@ -563,8 +578,7 @@ def _risk(res: Mapping[str, Any], imaging_ids: Mapping[str, str]) -> Event:
     if key:
         study = key.split("/", 1)[0]
     for basis in res.get("basis") or []:
-        study = study or imaging_ids.get(str(basis.get("reference", "")).removeprefix(
-            "ImagingStudy/"))  # fmt: skip
+        study = study or imaging_ids.get(study_id(basis) or "")
     method = concept(res.get("method")) or str((res.get("performer") or {}).get("display") or "")
     parts = []
     for p in res.get("prediction") or []:
@@ -638,8 +652,7 @@ def priors(
     for res in resources:
         if res.get("resourceType") != "DiagnosticReport" or is_pathology(res) or _bad(res):
             continue
-        uids = {imaging_ids.get(str(r.get("reference", "")).removeprefix("ImagingStudy/"))
-                for r in res.get("imagingStudy") or []}  # fmt: skip
+        uids = {imaging_ids.get(study_id(r) or "") for r in res.get("imagingStudy") or []}
         accession = accession_of(res)
         uids |= {s.uid for s in studies if accession and s.accession == accession}
         for uid in uids - {None}:

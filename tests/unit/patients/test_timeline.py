@@ -81,6 +81,7 @@ RESOURCES: list[dict[str, Any]] = [
      "class": {"code": "AMB", "display": "ambulatory"}, "type": [{"text": "Check up"}],
      "period": {"start": "2024-01-10", "end": "2024-01-10"}},
 ]  # fmt: skip
+RESOURCES_BY_ID = {r["id"]: r for r in RESOURCES}
 STUDIES = [
     StudyRef("1.2.1", "2024-01-10", "MR KNEE W/WO", "A1", ("MR",), ("KNEE",), 2),
     StudyRef("1.2.2", "2024-05-10", "MR KNEE W/WO", "A2", ("MR",), ("KNEE",), 2),
@@ -131,6 +132,21 @@ def test_the_header() -> None:
                  studies=[], today=TODAY)  # fmt: skip
     assert dead.header.age == 29 and dead.header.deceased == "2000-06-14"
     assert [e.kind for e in dead.events] == ["outcome"]
+    # R4 dates may be partial: a month of death, a year of birth
+    partial = build(patient={**PATIENT, "birthDate": "1970", "deceasedDateTime": "2000-05"},
+                    resources=[], studies=[], today=TODAY)  # fmt: skip
+    assert partial.header.age == 30 and partial.header.deceased == "2000-05"
+
+
+def test_absolute_and_versioned_references_link_a_report_to_its_study() -> None:
+    """An external server may answer absolute references, or versioned ones."""
+    base = "https://fhir.example.org/R4/ImagingStudy/is2"
+    for ref in (base, f"{base}/_history/3"):
+        report = {**RESOURCES_BY_ID["r3"], "imagingStudy": [{"reference": ref}]}
+        t = build(patient=PATIENT, studies=STUDIES, today=TODAY,
+                  resources=[report, RESOURCES_BY_ID["is2"]])  # fmt: skip
+        second = next(e for e in t.events if e.kind == "imaging" and e.study_uid == "1.2.2")
+        assert second.notes == ["Report: Smaller, 30 mm."], ref
 
 
 def test_trends() -> None:
